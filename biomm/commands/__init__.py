@@ -1,0 +1,1 @@
+"""CLI commands and pipeline steps, one module per feature; each registers itself on import."""

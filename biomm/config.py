@@ -1,0 +1,160 @@
+"""Config models: YAML in, pydantic validation (unknown keys are errors naming the key), JSON Schema out.
+
+Each part defines its own config model next to its code, deriving from `StrictModel`; the
+models that get a checked-in JSON Schema are listed in `schema_models()`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and the reason."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- foundation configs
+class DeidConfig(StrictModel):
+    enabled: bool = True
+    key: str | None = Field(None, description="De-identification key (hex); default: the cohort's own key file")
+    max_date_shift_days: int = Field(365, ge=0, description="Dates shift by a per-patient offset in [-max, +max] days")
+
+
+class FhirIngestConfig(StrictModel):
+    strict: bool = Field(False, description="Validate every resource with fhir.resources.R4B (slow)")
+    deid: DeidConfig = DeidConfig()
+
+
+class SplitConfig(StrictModel):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+
+
+class PipelineStep(StrictModel):
+    """One step of a pipeline: `kind` names a registered step, `with` holds its arguments."""
+
+    kind: str
+    name: str | None = None
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PipelineConfig(StrictModel):
+    name: str
+    description: str = ""
+    workdir: str = Field("demo_out", description="Folder for the pipeline's outputs, relative to the current directory")
+    steps: list[PipelineStep]
+
+
+# ---------------------------------------------------------------- loading
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+            continue
+        node = node.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a mapping")
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """`a.b=c` strings into (key, YAML-parsed value) pairs."""
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw)))
+    return parsed
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        else:
+            lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(model: type[StrictModel], source: str | Path | dict | None, overrides: list[str] | None = None):
+    """Load YAML (path or dict) into `model`, apply `--set` overrides, validate; ConfigError names the bad key."""
+    if source is None:
+        data: dict = {}
+        name = f"<default {model.__name__}>"
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+        name = f"<dict {model.__name__}>"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        name = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {name} must be a mapping at the top level")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, name)) from None
+
+
+# ---------------------------------------------------------------- schemas
+# name -> "module:Class". Every model listed here has schemas/<name>.schema.json checked in.
+SCHEMA_MODELS: dict[str, str] = {
+    "pipeline": "biomm.config:PipelineConfig",
+    "fhir_ingest": "biomm.config:FhirIngestConfig",
+    "ingest_summary": "biomm.ingest.base:IngestSummary",
+}
+
+
+def schema_models() -> dict[str, type[BaseModel]]:
+    out = {}
+    for name, target in SCHEMA_MODELS.items():
+        module, cls = target.split(":")
+        out[name] = getattr(importlib.import_module(module), cls)
+    return out
+
+
+def generate_schemas() -> dict[str, dict]:
+    return {name: model.model_json_schema() for name, model in schema_models().items()}
+
+
+def write_schemas(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in generate_schemas().items():
+        path = folder / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+Precision = Literal["auto", "bf16", "fp32"]
