@@ -1,0 +1,46 @@
+"""`biomm ingest fhir` and the `ingest_fhir` pipeline step."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from biomm.cli import ingest_app
+from biomm.commands._common import print_summary, user_errors
+from biomm.config import FhirIngestConfig, load_config
+from biomm.ingest.fhir import ingest_fhir
+from biomm.pipeline import PipelineContext, step
+
+
+@ingest_app.command("fhir")
+def ingest_fhir_cmd(
+    sources: List[Path] = typer.Argument(..., help="FHIR R4 Bundles (.json/.json.gz), bulk NDJSON (.ndjson/.ndjson.gz), or folders"),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort folder (created when missing)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML FhirIngestConfig"),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
+    strict: bool = typer.Option(False, "--strict", help="Validate every resource with fhir.resources.R4B"),
+    no_deid: bool = typer.Option(False, "--no-deid", help="Data is already de-identified: keep ids and dates (recorded in the manifest)"),
+    deid_key: Optional[str] = typer.Option(None, "--deid-key", help="De-identification key (default: the cohort's key file)"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+) -> None:
+    """Ingest FHIR R4 into a cohort as de-identified MEDS events; bad input goes to quarantine."""
+    with user_errors():
+        cfg = load_config(FhirIngestConfig, config, set_)
+        if strict:
+            cfg.strict = True
+        if no_deid:
+            cfg.deid.enabled = False
+        if deid_key:
+            cfg.deid.key = deid_key
+        summary = ingest_fhir(sources, cohort, cfg, show_progress=not as_json)
+    print_summary(summary, as_json)
+    raise typer.Exit(summary.exit_code)
+
+
+@step("ingest_fhir")
+def ingest_fhir_step(ctx: PipelineContext, sources: list[str], cohort: str, config: dict | None = None) -> dict:
+    cfg = load_config(FhirIngestConfig, config or {})
+    summary = ingest_fhir([ctx.path(s) for s in sources], ctx.path(cohort), cfg, show_progress=True)
+    print_summary(summary, as_json=False)
+    return summary.model_dump()
