@@ -24,7 +24,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, CohortError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -39,7 +39,7 @@ def print_summary(summary: IngestSummary, as_json: bool) -> None:
         out.print(t)
         for q in summary.quarantine[:50]:
             where = q.source + (f" [{q.record}]" if q.record else "") + (f" field '{q.field}'" if q.field else "")
-            console.print(f"[yellow]quarantined[/] {where}: {q.reason}")
+            console.print(f"[yellow]quarantined[/] {where}: {q.reason}", soft_wrap=True)
         if len(summary.quarantine) > 50:
             console.print(f"... and {len(summary.quarantine) - 50} more (see `biomm cohort info`)")
         for w in summary.warnings:

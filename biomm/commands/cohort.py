@@ -37,7 +37,7 @@ def print_cohort_summary(info: dict) -> None:
     out.print(f"[bold]quarantine[/]: {q['count']} entr{'y' if q['count'] == 1 else 'ies'}")
     for e in q["entries"][:30]:
         where = e["source"] + (f" [{e['record']}]" if e["record"] else "") + (f" field '{e['field']}'" if e["field"] else "")
-        out.print(f"  [yellow]{e['modality']}[/] {where}: {e['reason']}")
+        out.print(f"  [yellow]{e['modality']}[/] {where}: {e['reason']}", soft_wrap=True)
 
 
 @cohort_app.command("info")
