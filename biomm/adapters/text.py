@@ -1,0 +1,38 @@
+"""Text adapter: a `transformers` BERT encoder for notes and for zero-shot label prompts.
+
+A tiny/small/base random `BertConfig`, or `AutoModel.from_pretrained(local_dir)` for any
+BERT-family checkpoint (BioClinicalBERT, PubMedBERT, ...).
+Tensors: `input_ids` [B,L] long, `attention_mask` [B,L]. Masked modelling predicts word pieces.
+"""
+from __future__ import annotations
+
+from pydantic import Field
+from transformers import AutoModel, BertConfig, BertModel
+
+from biomm.adapters.base import AdapterConfig, resolve
+from biomm.adapters.hf import HfTokenAdapter
+
+
+class TextConfig(AdapterConfig):
+    vocab_size: int = Field(30522, ge=8, description="Vocabulary of a random encoder (BERT: 30522)")
+    max_length: int = Field(512, ge=8)
+
+
+class TextAdapter(HfTokenAdapter):
+    modality = "text"
+    Config = TextConfig
+
+    def __init__(self, cfg: TextConfig, width: int, preset: str) -> None:
+        if cfg.pretrained:
+            model = AutoModel.from_pretrained(cfg.pretrained, add_pooling_layer=False)
+        else:
+            size = resolve(cfg, preset)
+            conf = BertConfig(
+                vocab_size=cfg.vocab_size, hidden_size=size["width"], num_hidden_layers=size["layers"],
+                num_attention_heads=size["heads"], intermediate_size=4 * size["width"],
+                max_position_embeddings=cfg.max_length, pad_token_id=0, mask_token_id=103,
+                cls_token_id=101, sep_token_id=102,
+            )
+            model = BertModel(conf, add_pooling_layer=False)
+        super().__init__(model, width, cfg.freeze)
+        self.cfg = cfg

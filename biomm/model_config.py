@@ -1,0 +1,102 @@
+"""ModelConfig: adapters, backbone, projector and objectives of a BiommModel, with presets.
+
+YAML presets live in configs/model/ (tiny, small, base; early, late). Adapter sections are
+validated by the registered adapter's own `Config` class, so unknown keys name the modality.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SerializeAsAny, field_validator
+
+from biomm.adapters import ADAPTERS, PRESETS, AdapterConfig, adapter_class
+from biomm.adapters.base import Preset
+from biomm.config import StrictModel
+from biomm.fusion.projector import PROJECTOR_PATTERN
+
+
+class BackboneConfig(StrictModel):
+    timing: Literal["early", "late", "middle"] = Field("middle", description="When modalities meet")
+    layers: int | None = Field(None, ge=1, description="Fusion layers; default: the preset's")
+    heads: int | None = Field(None, ge=1, description="Attention heads; default: the preset's")
+    num_latents: int = Field(16, ge=1, description="Perceiver latents per modality (middle)")
+    resampler_depth: int = Field(2, ge=1)
+    fusion_op: str = Field("concat", description="Fusion op of the late backbone (see biomm.fusion.ops.FUSION_OPS)")
+    absent: Literal["mask", "token"] = Field("mask", description="Absent modality: masked out, or a learned absent token")
+
+
+class ProjectorConfig(StrictModel):
+    kind: str = Field("mlp2x_gelu", pattern=PROJECTOR_PATTERN)
+    out_dim: int | None = Field(None, ge=1, description="Causal LM hidden size; None = no projector")
+
+
+class ContrastiveConfig(StrictModel):
+    weight: float = Field(1.0, ge=0)
+    kind: Literal["clip", "siglip"] = "clip"
+    modalities: list[str] | None = Field(None, description="Modalities to align pairwise; default: all")
+    chunk_size: int = Field(1024, ge=1, description="Logit rows per chunk (memory linear in batch size)")
+    gather: bool = Field(True, description="All-gather embeddings across processes (with gradient)")
+
+
+class MaskedConfig(StrictModel):
+    weight: float = Field(0.0, ge=0)
+    ratio: float = Field(0.15, gt=0, lt=1)
+    modalities: list[str] | None = Field(None, description="Default: every adapter that supports it")
+
+
+class LanguageModelConfig(StrictModel):
+    kind: Literal["gpt2", "llama"] = "gpt2"
+    pretrained: str | None = Field(None, description="Local directory of a causal LM checkpoint")
+    preset: Preset = "tiny"
+    vocab_size: int = Field(1000, ge=8)
+    mode: Literal["prefix", "xattn"] = Field("prefix", description="LLaVA prefix embeddings or Flamingo gated cross-attention")
+    freeze: bool = Field(True, description="Freeze the LM (only projector / cross-attention train)")
+
+
+class AutoregressiveConfig(StrictModel):
+    weight: float = Field(0.0, ge=0)
+    lm: LanguageModelConfig = LanguageModelConfig()
+
+
+class ObjectivesConfig(StrictModel):
+    contrastive: ContrastiveConfig = ContrastiveConfig()
+    masked: MaskedConfig = MaskedConfig()
+    autoregressive: AutoregressiveConfig = AutoregressiveConfig()
+
+
+def default_adapters() -> dict[str, AdapterConfig]:
+    return {m: adapter_class(m).Config() for m in ADAPTERS}
+
+
+class ModelConfig(StrictModel):
+    preset: Preset = Field("small", description="Size preset of every part unless overridden")
+    width: int | None = Field(None, ge=8, description="Shared token width D; default: the preset's")
+    adapters: dict[str, SerializeAsAny[AdapterConfig]] = Field(default_factory=default_adapters)
+    backbone: BackboneConfig = BackboneConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    objectives: ObjectivesConfig = ObjectivesConfig()
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapter_configs(cls, value: Any) -> dict[str, AdapterConfig]:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("adapters must map at least one modality to its config")
+        out = {}
+        for name, sub in value.items():
+            if name not in ADAPTERS:
+                raise ValueError(f"unknown modality '{name}' (registered: {', '.join(ADAPTERS)})")
+            config = adapter_class(name).Config
+            out[name] = sub if isinstance(sub, config) else config.model_validate(sub or {})
+        return out
+
+    @property
+    def d(self) -> int:
+        return self.width or PRESETS[self.preset]["width"]
+
+    @property
+    def fusion_layers(self) -> int:
+        return self.backbone.layers or PRESETS[self.preset]["layers"]
+
+    @property
+    def heads(self) -> int:
+        return self.backbone.heads or PRESETS[self.preset]["heads"]

@@ -1,0 +1,70 @@
+"""Objectives take `Outputs` (and the `Batch` where targets are needed) and return
+(loss, metrics). `build_objectives(cfg, model)` gives their weighted sum from the config."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from biomm.objectives.autoregressive import Autoregressive, build_lm
+from biomm.objectives.contrastive import ContrastiveLoss
+from biomm.objectives.masked import MaskedModeling
+from biomm.types import Batch, Outputs
+
+
+class WeightedObjectives(nn.Module):
+    """sum_i w_i * loss_i; metrics prefixed by objective name. Owns the objectives' parameters
+    (temperature, prediction heads, LM), so put it in the optimizer and checkpoint with the model."""
+
+    def __init__(self, objectives: dict[str, nn.Module], weights: dict[str, float]) -> None:
+        super().__init__()
+        if not objectives:
+            raise ValueError("no objective has a weight > 0")
+        self.objectives = nn.ModuleDict(objectives)
+        self.weights = dict(weights)
+
+    def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        """Input corruption the objectives need before the forward pass (masked modelling)."""
+        if "masked" in self.objectives:
+            return self.objectives["masked"].mask_batch(batch, generator)
+        return batch
+
+    def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        total, metrics = None, {}
+        for name, obj in self.objectives.items():
+            loss, m = obj(outputs) if isinstance(obj, ContrastiveLoss) else obj(outputs, batch)
+            total = self.weights[name] * loss if total is None else total + self.weights[name] * loss
+            metrics.update({f"{name}/{k}": v for k, v in m.items()})
+        metrics["loss"] = float(total.detach())
+        return total, metrics
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Call after each optimizer step (clamps the contrastive temperature)."""
+        for obj in self.objectives.values():
+            if hasattr(obj, "clamp_"):
+                obj.clamp_()
+
+
+def build_objectives(cfg, model) -> WeightedObjectives:
+    """From `ModelConfig.objectives` (or the ModelConfig itself) and the built model."""
+    ocfg = getattr(cfg, "objectives", cfg)
+    width = model.config.d
+    objs: dict[str, nn.Module] = {}
+    weights: dict[str, float] = {}
+    c = ocfg.contrastive
+    if c.weight > 0:
+        objs["contrastive"] = ContrastiveLoss(c.kind, c.modalities, c.chunk_size, c.gather)
+        weights["contrastive"] = c.weight
+    m = ocfg.masked
+    if m.weight > 0:
+        objs["masked"] = MaskedModeling(model.adapters, width, m.ratio, m.modalities)
+        weights["masked"] = m.weight
+    a = ocfg.autoregressive
+    if a.weight > 0:
+        lm = build_lm(a.lm.kind, a.lm.pretrained, a.lm.preset, a.lm.vocab_size)
+        objs["autoregressive"] = Autoregressive(lm, a.lm.mode, width, a.lm.freeze)
+        weights["autoregressive"] = a.weight
+    return WeightedObjectives(objs, weights)
+
+
+__all__ = ["Autoregressive", "ContrastiveLoss", "MaskedModeling", "WeightedObjectives", "build_lm", "build_objectives"]

@@ -1,0 +1,85 @@
+"""Contrastive alignment over every pair of present modalities: CLIP InfoNCE or SigLIP.
+
+A subject contributes to the pair (a, b) only when it has both. Under DDP each process
+computes the loss of its own rows against all processes' columns (all-gather with gradient),
+scaled so that DDP's gradient averaging gives exactly the single-process loss and gradients:
+the mean over processes of the returned loss equals the loss of the whole batch.
+Logits are computed in row chunks (see chunked.py), so memory grows linearly with batch size.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from biomm.objectives.chunked import info_nce_sum, sigmoid_sum
+from biomm.objectives.distributed import gather_no_grad, gather_with_grad, world_size
+from biomm.types import Outputs
+
+LOGIT_SCALE_MAX = math.log(100.0)
+
+
+class ContrastiveLoss(nn.Module):
+    """`forward(outputs) -> (loss, metrics)`; call `clamp_()` after each optimizer step."""
+
+    def __init__(self, kind: str = "clip", modalities: list[str] | None = None, chunk_size: int = 1024,
+                 gather: bool = True) -> None:
+        super().__init__()
+        if kind not in ("clip", "siglip"):
+            raise ValueError(f"contrastive kind must be 'clip' or 'siglip', got '{kind}'")
+        self.kind, self.modalities, self.chunk, self.gather = kind, modalities, chunk_size, gather
+        init = math.log(1 / 0.07) if kind == "clip" else math.log(10.0)
+        self.logit_scale = nn.Parameter(torch.tensor(init))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0)) if kind == "siglip" else None
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep the log temperature in [0, ln 100] (CLIP)."""
+        self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
+
+    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor, both: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Loss of one modality pair, for this process's rows; and the global number of rows."""
+        za, zb = F.normalize(za.float(), dim=-1), F.normalize(zb.float(), dim=-1)
+        gather = self.gather and world_size() > 1
+        ga, offset = gather_with_grad(za) if gather else (za, 0)
+        gb = gather_with_grad(zb)[0] if gather else zb
+        gboth = gather_no_grad(both) if gather else both
+        n = int(gboth.sum())
+        if n == 0:
+            return (za.sum() + zb.sum()) * 0.0 + self.logit_scale * 0.0, 0
+        cols_a, cols_b = ga[gboth], gb[gboth]
+        # each local row with both -> its index among the gathered columns
+        col_index = torch.cumsum(gboth.long(), 0) - 1
+        local = both.nonzero().squeeze(1)
+        targets = col_index[offset + local]
+        qa, qb = za[local], zb[local]
+        scale = self.logit_scale.exp()
+        if self.kind == "clip":
+            total = 0.5 * (info_nce_sum(qa, cols_b, scale, targets, self.chunk) + info_nce_sum(qb, cols_a, scale, targets, self.chunk))
+        else:
+            total = sigmoid_sum(qa, cols_b, scale, self.logit_bias, targets, self.chunk)
+        # + 0 * (all embeddings, bias): keeps every parameter in the graph on every process
+        anchor = (za.sum() + zb.sum()) * 0.0 + (self.logit_bias * 0.0 if self.logit_bias is not None else 0.0)
+        return total * world_size() / n + anchor, n
+
+    def forward(self, outputs: Outputs) -> tuple[torch.Tensor, dict[str, float]]:
+        mods = [m for m in (self.modalities or list(outputs.pooled)) if m in outputs.pooled]
+        losses, metrics = [], {"logit_scale": float(self.logit_scale.detach().exp())}
+        for a, b in itertools.combinations(mods, 2):
+            both = outputs.present[a] & outputs.present[b]
+            loss, n = self.pair_loss(outputs.pooled[a], outputs.pooled[b], both)
+            if n:
+                losses.append(loss)
+                metrics[f"{a}-{b}"] = float(loss.detach())
+            else:
+                losses.append(loss)  # zero-weighted path
+        if not losses:
+            raise ValueError("contrastive loss needs at least two modalities in the outputs")
+        counted = sum(1 for k in metrics if "-" in k)
+        total = sum(losses) / max(counted, 1)
+        metrics["loss"] = float(total.detach())  # this process's share x world size
+        return total, metrics
