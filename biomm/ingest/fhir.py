@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -19,9 +19,11 @@ import pyarrow.parquet as pq
 from biomm.config import FhirIngestConfig
 from biomm.ingest.base import IngestError, IngestSummary, QuarantineEntry, expand_sources, iter_with_progress
 from biomm.ingest.fhir_extract import Extracted, Extractor, ResourceContext, classify_type
+from biomm.ingest.fhir_fast import content_bytes
 from biomm.ingest.fhir_source import FHIR_SUFFIXES, iter_resources
 from biomm.store.atomic import atomic_path, sha256_file
 from biomm.store.cohort import Cohort
+from biomm.store.splits import split_of
 
 MODALITY = "ehr"
 EVENTS_DIR = ("ehr", "events")
@@ -64,7 +66,8 @@ class _Pending:
 
 
 class FhirIngest:
-    """One ingest run into one cohort."""
+    """One ingest run into one cohort. Files are read one at a time; their events and manifest rows
+    are committed in batches (one Parquet shard and one manifest transaction per batch)."""
 
     def __init__(self, cohort: Cohort, config: FhirIngestConfig, show_progress: bool = True):
         self.cohort = cohort
@@ -73,16 +76,31 @@ class FhirIngest:
         self.validate = strict_validator() if config.strict else None
         self.show_progress = show_progress
         self.summary = IngestSummary(modality=MODALITY, cohort=str(cohort.root))
+        self.batch = _Batch(cohort)
 
     # ------------------------------------------------------------------ run
     def run(self, sources: Iterable[str | Path]) -> IngestSummary:
         t0 = time.perf_counter()
         files = expand_sources(sources, FHIR_SUFFIXES)
         self.summary.sources_seen = len(files)
+        _remove_orphan_shards(self.cohort)
+        self.done = {c for (c,) in self.cohort.con.execute(
+            "SELECT source_checksum FROM sources WHERE modality = ?", [MODALITY]).fetchall()}
+        self.manifest_empty = self.cohort.con.execute("SELECT count(*) FROM fhir_resources").fetchall()[0][0] == 0
         for path in iter_with_progress(files, "FHIR ingest", disable=not self.show_progress):
             self._ingest_file(path)
+            if self.batch.full():
+                self._commit()
+        self._commit()
         self.summary.seconds = round(time.perf_counter() - t0, 3)
         return self.summary
+
+    def _commit(self) -> None:
+        added, records, events = self.batch.commit()
+        self.summary.subjects_added += added
+        self.summary.records_written += records
+        self.summary.items_written += events
+        self.batch = _Batch(self.cohort)
 
     def _quarantine(self, err: IngestError, path: Path, payload: bytes | None = None) -> None:
         self.cohort.quarantine(modality=MODALITY, source_path=path, reason=err.reason, record=err.record,
@@ -92,42 +110,38 @@ class FhirIngest:
 
     def _ingest_file(self, path: Path) -> None:
         checksum = sha256_file(path)
-        if self.cohort.source_done(checksum, MODALITY):
+        if checksum in self.done or checksum in self.batch.files:
             self.summary.sources_skipped_unchanged += 1
             return
-        state = _FileState(self.cohort, path, checksum)
+        source = self.batch.open_file(path, checksum)
         q_before = self.summary.quarantined
         chunk: list[_Pending] = []
         try:
-            for locator, res, raw in iter_resources(path):
+            for locator, res, raw in iter_resources(path, fast=self.validate is None):
                 if isinstance(res, IngestError):
-                    self._quarantine(res, path, raw)
+                    self._quarantine(res, path, raw())
                     continue
-                item = self._prepare(path, locator, res)
+                item = self._prepare(path, locator, res, raw)
                 if item is not None:
                     chunk.append(item)
                 if len(chunk) >= CHUNK_RESOURCES:
-                    self._resolve(chunk, state, path)
+                    self._resolve(chunk, source, path)
                     chunk = []
         except IngestError as err:  # file-level: keep what was read before it, quarantine the raw file
             self._quarantine(err, path)
-        self._resolve(chunk, state, path)
-        state.finish(self.summary.quarantined - q_before)
-        self.summary.subjects_added += state.subjects_added
-        self.summary.records_written += state.records_written
-        self.summary.items_written += state.events_written
+        self._resolve(chunk, source, path)
+        source.n_quarantined = self.summary.quarantined - q_before
 
-    def _prepare(self, path: Path, locator: str, res: dict) -> _Pending | None:
+    def _prepare(self, path: Path, locator: str, res, raw) -> _Pending | None:
         rtype = res.get("resourceType")
         kind = classify_type(rtype, self.extract)
         rid = res.get("id")
         ctx = ResourceContext(path, str(rtype), str(rid) if rid else None, locator)
-        raw = orjson.dumps(res, option=orjson.OPT_SORT_KEYS)
         if kind == "unknown":
-            self._quarantine(ctx.error(f"unknown resourceType {rtype!r} (not a FHIR R4 resource)", "resourceType"), path, raw)
+            self._quarantine(ctx.error(f"unknown resourceType {rtype!r} (not a FHIR R4 resource)", "resourceType"), path, raw())
             return None
         if kind == "r5":
-            self._quarantine(ctx.error(f"R5-only resourceType {rtype!r} under R4", "resourceType"), path, raw)
+            self._quarantine(ctx.error(f"R5-only resourceType {rtype!r} under R4", "resourceType"), path, raw())
             return None
         if kind == "ignore":
             self.summary.items_ignored += 1
@@ -137,58 +151,93 @@ class FhirIngest:
                 self.validate(res, ctx)
             extracted = self.extract(res, ctx)
         except IngestError as err:
-            self._quarantine(err, path, raw)
+            self._quarantine(err, path, raw())
             return None
-        key = self.cohort.deid.token("resource", f"{rtype}/{rid or hashlib.sha256(raw).hexdigest()}")
-        return _Pending(key, hashlib.sha256(raw).hexdigest()[:32], extracted, ctx.record, raw)
+        content = hashlib.sha256(content_bytes(res)).hexdigest()[:32]
+        key = self.cohort.deid.token("resource", f"{rtype}/{rid or content}")
+        return _Pending(key, content, extracted, ctx.record, raw)
 
-    def _resolve(self, chunk: list[_Pending], state: "_FileState", path: Path) -> None:
-        """Drop exact duplicates, quarantine same-id-different-content, hand the rest to the file state."""
+    def _known(self, chunk: list[_Pending]) -> dict[str, str]:
+        """Content hashes of the chunk's resource keys already in the manifest or in this batch."""
+        known: dict[str, str] = {}
+        if not self.manifest_empty:
+            con = self.cohort.con
+            con.register("incoming_keys", pa.table({"resource_key": [p.key for p in chunk]}))
+            known = dict(con.execute(
+                "SELECT f.resource_key, f.content_hash FROM fhir_resources f JOIN incoming_keys k USING (resource_key)"
+            ).fetchall())
+            con.unregister("incoming_keys")
+        return known
+
+    def _resolve(self, chunk: list[_Pending], source: "_SourceFile", path: Path) -> None:
+        """Drop exact duplicates, quarantine same-id-different-content, hand the rest to the batch."""
         if not chunk:
             return
-        keys = pa.table({"resource_key": [p.key for p in chunk]})
-        con = self.cohort.con
-        con.register("incoming_keys", keys)
-        known = dict(con.execute(
-            "SELECT f.resource_key, f.content_hash FROM fhir_resources f JOIN incoming_keys k USING (resource_key)"
-        ).fetchall())
-        con.unregister("incoming_keys")
-        known.update(state.resources)
+        known = self._known(chunk)
         for p in chunk:
-            prior = known.get(p.key)
+            prior = known.get(p.key) or self.batch.resources.get(p.key)
             if prior is None:
-                known[p.key] = p.content
-                state.add(p)
+                self.batch.add(p, source)
             elif prior == p.content:
                 self.summary.items_skipped_duplicate += 1
             else:
                 err = IngestError(path, "duplicate resource id with different content", record=p.record, field="id")
-                self._quarantine(err, path, p.raw)
+                self._quarantine(err, path, p.raw())
 
 
-class _FileState:
-    """Events, subjects and manifest rows gathered from one source file, written at its end."""
+class _SourceFile:
+    __slots__ = ("checksum", "label", "subject_events", "n_quarantined")
 
-    def __init__(self, cohort: Cohort, path: Path, checksum: str):
-        self.cohort, self.path, self.checksum = cohort, path, checksum
-        self.label = cohort.source_label(path, checksum)
+    def __init__(self, checksum: str, label: str):
+        self.checksum, self.label = checksum, label
+        self.subject_events: dict[str, int] = {}
+        self.n_quarantined = 0
+
+
+def _remove_orphan_shards(cohort: Cohort) -> None:
+    """Shards written by a run that died before its manifest commit are not part of the cohort."""
+    folder = cohort.path(*EVENTS_DIR)
+    if not folder.exists():
+        return
+    referenced: set[str] = set()
+    for (paths,) in cohort.con.execute("SELECT DISTINCT path FROM records WHERE modality = ?", [MODALITY]).fetchall():
+        referenced.update(paths.split(","))
+    for shard in folder.glob("*.parquet"):
+        if cohort.relative(shard) not in referenced:
+            shard.unlink()
+
+
+class _Batch:
+    """Events, subjects and manifest rows of a few source files, committed together."""
+
+    MAX_FILES = 64
+    MAX_EVENTS = 500_000
+
+    def __init__(self, cohort: Cohort):
+        self.cohort = cohort
         self.cols: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
         self.resources: dict[str, str] = {}
         self.imaging: list[dict] = []
-        self.subject_events: dict[str, int] = {}
-        self.shift_of: dict[str, tuple[str, int]] = {}
-        self.shards: list[str] = []
-        self.subjects_added = self.records_written = self.events_written = 0
+        self.files: dict[str, _SourceFile] = {}
+        self.subjects: dict[str, tuple[str, int]] = {}  # source patient id -> (pseudonym, shift)
+
+    def full(self) -> bool:
+        return len(self.files) >= self.MAX_FILES or len(self.cols["code"]) >= self.MAX_EVENTS
+
+    def open_file(self, path: Path, checksum: str) -> _SourceFile:
+        source = _SourceFile(checksum, self.cohort.source_label(path, checksum))
+        self.files[checksum] = source
+        return source
 
     def _subject(self, source_patient: str) -> tuple[str, int]:
-        hit = self.shift_of.get(source_patient)
+        hit = self.subjects.get(source_patient)
         if hit is None:
             deid = self.cohort.deid
             hit = (deid.subject_id(source_patient), deid.date_shift_days(source_patient))
-            self.shift_of[source_patient] = hit
+            self.subjects[source_patient] = hit
         return hit
 
-    def add(self, p: _Pending) -> None:
+    def add(self, p: _Pending, source: _SourceFile) -> None:
         self.resources[p.key] = p.content
         sid, shift = self._subject(p.extracted.patient)
         delta = timedelta(days=shift)
@@ -200,53 +249,71 @@ class _FileState:
             cols["numeric_value"].append(num)
             cols["text_value"].append(text)
             cols["unit"].append(unit)
-        self.subject_events[sid] = self.subject_events.get(sid, 0) + len(p.extracted.events)
+        source.subject_events[sid] = source.subject_events.get(sid, 0) + len(p.extracted.events)
+        deid = self.cohort.deid
         for row in p.extracted.imaging:
-            deid = self.cohort.deid
             self.imaging.append({**row, "study_uid": deid.uid(row["study_uid"]), "series_uid": deid.uid(row["series_uid"]),
                                  "subject_id": sid, "time": row["time"] + delta})
-        if len(cols["code"]) >= 500_000:
-            self._flush()
 
-    def _flush(self) -> None:
+    def _write_shard(self) -> str:
+        """One Parquet shard named by the batch's sources, so a re-run after a crash overwrites it."""
         if not self.cols["code"]:
-            return
+            return ""
         table = pa.table(self.cols, schema=EVENT_SCHEMA).sort_by([("subject_id", "ascending"), ("time", "ascending")])
-        target = self.cohort.path(*EVENTS_DIR, f"{self.checksum[:24]}-{len(self.shards):04d}.parquet")
+        name = hashlib.sha256("".join(sorted(self.files)).encode()).hexdigest()[:24]
+        target = self.cohort.path(*EVENTS_DIR, f"{name}.parquet")
         with atomic_path(target) as tmp:
             pq.write_table(table, tmp, compression="zstd")
-        self.shards.append(self.cohort.relative(target))
-        self.events_written += table.num_rows
-        self.cols = {name: [] for name in EVENT_SCHEMA.names}
+        return self.cohort.relative(target)
 
-    def finish(self, n_quarantined: int) -> None:
-        self._flush()
+    def commit(self) -> tuple[int, int, int]:
+        """Write the shard, then the manifest rows in one transaction: (subjects added, records, events)."""
+        if not self.files:
+            return 0, 0, 0
+        shard = self._write_shard()
+        n_events = len(self.cols["code"])
         con = self.cohort.con
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        with_events = {sid for f in self.files.values() for sid in f.subject_events}
+        subjects = [(sid, shift) for sid, shift in self.subjects.values() if sid in with_events]
+        records = [
+            (f"ehr:{sid}:{f.checksum[:16]}", sid, MODALITY, shard, f.checksum, f.label, f.checksum, n,
+             orjson.dumps({"reader": "biomm.ingest.fhir", "format": "fhir-r4", "deid": self.cohort.deid.enabled}).decode(), now)
+            for f in self.files.values() for sid, n in sorted(f.subject_events.items())
+        ]
         with self.cohort.transaction():
-            before = con.execute("SELECT count(*) FROM subjects").fetchone()[0]
-            for source_patient, (sid, shift) in self.shift_of.items():
-                if sid in self.subject_events:
-                    self.cohort.ensure_subject(sid, "patient", shift, "fhir")
-            self.subjects_added = con.execute("SELECT count(*) FROM subjects").fetchone()[0] - before
-            for sid, n in sorted(self.subject_events.items()):
-                self.cohort.add_record(
-                    record_id=f"ehr:{sid}:{self.checksum[:16]}", subject_id=sid, modality=MODALITY,
-                    path=",".join(self.shards), checksum=self.checksum, source_path=self.label,
-                    source_checksum=self.checksum, n_items=n,
-                    provenance={"reader": "biomm.ingest.fhir", "format": "fhir-r4",
-                                "deid": self.cohort.deid.enabled},
-                )
-                self.records_written += 1
-            if self.resources:
-                con.register("new_resources", pa.table({
-                    "resource_key": list(self.resources), "content_hash": list(self.resources.values()),
-                    "source_checksum": [self.checksum] * len(self.resources)}))
-                con.execute("INSERT OR IGNORE INTO fhir_resources SELECT * FROM new_resources")
-                con.unregister("new_resources")
-            for row in self.imaging:
-                con.execute("INSERT OR REPLACE INTO imaging_studies VALUES (?, ?, ?, ?, ?, ?)",
-                            [row["study_uid"], row["series_uid"], row["subject_id"], row["time"], row["modality"], row["body_site"]])
-            self.cohort.mark_source(self.checksum, MODALITY, self.label, self.records_written, n_quarantined)
+            before = con.execute("SELECT count(*) FROM subjects").fetchall()[0][0]
+            _insert(con, "subjects", {
+                "subject_id": [s for s, _ in subjects], "kind": ["patient"] * len(subjects),
+                "date_shift_days": [d for _, d in subjects], "created_by": ["fhir"] * len(subjects),
+                "created_at": [now] * len(subjects)})
+            _insert(con, "splits", {"subject_id": [s for s, _ in subjects],
+                                    "split": [split_of(s) for s, _ in subjects]})
+            added = con.execute("SELECT count(*) FROM subjects").fetchall()[0][0] - before
+            _insert(con, "records", {name: [r[i] for r in records] for i, name in enumerate(
+                ("record_id", "subject_id", "modality", "path", "checksum", "source_path", "source_checksum",
+                 "n_items", "provenance", "created_at"))}, replace=True)
+            _insert(con, "fhir_resources", {"resource_key": list(self.resources),
+                                            "content_hash": list(self.resources.values()),
+                                            "source_checksum": [""] * len(self.resources)})
+            _insert(con, "imaging_studies", {k: [r[k] for r in self.imaging] for k in (
+                "study_uid", "series_uid", "subject_id", "time", "modality", "body_site")}, replace=True)
+            files = list(self.files.values())
+            _insert(con, "sources", {
+                "source_checksum": [f.checksum for f in files], "modality": [MODALITY] * len(files),
+                "source_path": [f.label for f in files], "n_records": [len(f.subject_events) for f in files],
+                "n_quarantined": [f.n_quarantined for f in files], "ingested_at": [now] * len(files)}, replace=True)
+        return added, len(records), n_events
+
+
+def _insert(con, table: str, columns: dict[str, list], replace: bool = False) -> None:
+    """Bulk insert through Arrow (one statement, not one per row); existing keys are kept or replaced."""
+    if not columns or not next(iter(columns.values())):
+        return
+    con.register("bulk_rows", pa.table(columns))
+    names = ", ".join(columns)
+    con.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO {table} ({names}) SELECT {names} FROM bulk_rows")
+    con.unregister("bulk_rows")
 
 
 def ingest_fhir(

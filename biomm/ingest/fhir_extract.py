@@ -133,31 +133,31 @@ class Extractor:
     def _value(obj: dict) -> tuple[float | None, str | None, str | None]:
         """value[x] -> (numeric_value, text_value, unit)."""
         if "valueQuantity" in obj:
-            q = obj["valueQuantity"] or {}
+            q = obj.get("valueQuantity") or {}
             v = q.get("value")
             return (float(v) if isinstance(v, (int, float)) else None), None, q.get("unit") or q.get("code")
         if "valueCodeableConcept" in obj:
-            code, display = first_code(obj["valueCodeableConcept"])
+            code, display = first_code(obj.get("valueCodeableConcept"))
             return None, code or display, None
         for key in ("valueInteger", "valueDecimal"):
-            if key in obj and isinstance(obj[key], (int, float)):
-                return float(obj[key]), None, None
+            if key in obj and isinstance(obj.get(key), (int, float)):
+                return float(obj.get(key)), None, None
         if "valueBoolean" in obj:
-            return float(bool(obj["valueBoolean"])), None, None
+            return float(bool(obj.get("valueBoolean"))), None, None
         if "valueString" in obj:
-            return None, str(obj["valueString"]), None
+            return None, str(obj.get("valueString")), None
         return None, None, None
 
     # ------------------------------------------------------------------ resource types
     def patient(self, res: dict, ctx: ResourceContext) -> Extracted:
         if not res.get("id"):
             raise ctx.error("Patient without id", "id")
-        out = Extracted(patient=str(res["id"]), is_patient=True)
-        birth = parse_time(res["birthDate"], ctx, "birthDate", self.latest) if res.get("birthDate") else None
+        out = Extracted(patient=str(res.get("id")), is_patient=True)
+        birth = parse_time(res.get("birthDate"), ctx, "birthDate", self.latest) if res.get("birthDate") else None
         if birth is not None:
             out.events.append((birth, "MEDS_BIRTH", None, None, None))
         if res.get("gender"):
-            out.events.append((birth, f"GENDER/{res['gender']}", None, None, None))
+            out.events.append((birth, f"GENDER/{res.get('gender')}", None, None, None))
         for ext in res.get("extension") or ():
             url = ext.get("url", "") if isinstance(ext, dict) else ""
             if url.endswith(("us-core-race", "us-core-ethnicity")):
@@ -167,7 +167,7 @@ class Extractor:
                     if coding and coding.get("code"):
                         out.events.append((birth, f"{kind}/{coding['code']}", None, None, None))
         if res.get("deceasedDateTime"):
-            out.events.append((parse_time(res["deceasedDateTime"], ctx, "deceasedDateTime", self.latest), "MEDS_DEATH", None, None, None))
+            out.events.append((parse_time(res.get("deceasedDateTime"), ctx, "deceasedDateTime", self.latest), "MEDS_DEATH", None, None, None))
         if birth is not None and out.events[-1][1] == "MEDS_DEATH" and out.events[-1][0] < birth:
             raise ctx.error("impossible date: death before birth", "deceasedDateTime")
         return out
@@ -211,7 +211,7 @@ class Extractor:
         if "medicationCodeableConcept" in res:
             code = self._coded(res, ctx, "medicationCodeableConcept")
         elif isinstance(res.get("medicationReference"), dict):
-            code = f"MEDICATION_REF/{res['medicationReference'].get('display') or 'unknown'}"
+            code = f"MEDICATION_REF/{res.get('medicationReference').get('display') or 'unknown'}"
         else:
             raise ctx.error("no medication[x]", "medication[x]")
         out.events.append((t, code, None, res.get("status"), None))

@@ -1,0 +1,103 @@
+"""`biomm bench ingest-fhir`: biomm's FHIR path against full fhir.resources.R4B validation.
+
+Both read the same files in the same run; the peer parses each file with orjson and validates
+every resource with its R4B pydantic model (what `--strict` adds), biomm runs its default ingest
+into a fresh cohort (decode, extract, de-identify, write Parquet and the manifest). Peak RSS is
+measured in child processes for 1x and 4x the input (4x = the shipped bundles re-keyed, so that
+they are new patients) to show memory stays flat as the input grows."""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+from biomm.bench.common import machine, peak_rss_mib, run_child
+
+SHIPPED = Path(__file__).resolve().parents[1] / "resources" / "data" / "synthea"
+
+
+def rekeyed_copies(src: Path, dst: Path, copies: int) -> list[Path]:
+    """`copies` x the bundles, each copy with new resource ids (and so new patients)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k in range(copies):
+        for f in sorted(src.glob("*.json.gz")):
+            out = dst / f"c{k}_{f.name}"
+            if not out.exists():
+                doc = orjson.loads(gzip.decompress(f.read_bytes()))
+                text = orjson.dumps(doc).decode()
+                if k:
+                    text = text.replace('urn:uuid:', f'urn:uuid:c{k}-')
+                    doc = orjson.loads(text)
+                    for e in doc["entry"]:
+                        e["resource"]["id"] = f"c{k}-{e['resource']['id']}"
+                    text = orjson.dumps(doc).decode()
+                out.write_bytes(gzip.compress(text.encode(), 6))
+            files.append(out)
+    return files
+
+
+def count_resources(files: list[Path]) -> int:
+    return sum(len(orjson.loads(gzip.decompress(f.read_bytes())).get("entry", [])) for f in files)
+
+
+def peer_validate(files: list[Path]) -> float:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    t0 = time.perf_counter()
+    for f in files:
+        for entry in orjson.loads(gzip.decompress(f.read_bytes()))["entry"]:
+            res = entry["resource"]
+            get_fhir_model_class(res["resourceType"]).model_validate(res)
+    return time.perf_counter() - t0
+
+
+def biomm_ingest(files: list[Path], cohort: Path) -> float:
+    from biomm.ingest.fhir import ingest_fhir
+
+    t0 = time.perf_counter()
+    ingest_fhir(files, cohort)
+    return time.perf_counter() - t0
+
+
+def child_main(folder: str, cohort: str) -> None:
+    """Child process: ingest a folder, print seconds and peak RSS."""
+    files = sorted(Path(folder).glob("*.json.gz"))
+    seconds = biomm_ingest(files, Path(cohort))
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "files": len(files)}))
+
+
+def run(repeats: int = 3) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="biomm-bench-fhir-"))
+    one = rekeyed_copies(SHIPPED, work / "x1", 1)
+    four = rekeyed_copies(SHIPPED, work / "x4", 4)
+    n = count_resources(one)
+    # warm both paths once (imports, pydantic model build), then take the best of `repeats`
+    peer_validate(one[:3])
+    biomm_ingest(one[:3], work / "warm")
+    ours = min(biomm_ingest(one, work / f"run{i}") for i in range(repeats))
+    peer = min(peer_validate(one) for _ in range(max(1, repeats - 1)))
+    mem1 = run_child("biomm.bench.ingest_fhir", str(work / "x1"), str(work / "mem1"))
+    mem4 = run_child("biomm.bench.ingest_fhir", str(work / "x4"), str(work / "mem4"))
+    return {
+        "bench": "ingest-fhir",
+        "input": f"{len(one)} shipped Synthea R4 bundles, {n} resources",
+        "biomm_resources_per_s": round(n / ours),
+        "peer": "orjson + fhir.resources.R4B model_validate per resource (same files, same process)",
+        "peer_resources_per_s": round(n / peer),
+        "ratio": round(peer / ours, 2),
+        "target_ratio": 20,
+        "peak_rss_mib": {"1x": mem1["peak_rss_mib"], "4x": mem4["peak_rss_mib"],
+                         "ratio_4x_over_1x": round(mem4["peak_rss_mib"] / mem1["peak_rss_mib"], 2)},
+        "resources_per_s_4x_child": round(4 * n / mem4["seconds"]),
+        "machine": machine(),
+    }
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1], sys.argv[2])
