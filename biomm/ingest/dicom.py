@@ -75,8 +75,15 @@ def _pool_size(cfg: DicomIngestConfig, n_jobs: int) -> int:
     return max(1, min(want, n_jobs))
 
 
+def warm_imports() -> None:
+    """Import MONAI/torch in the parent (about 10 s, mostly `import monai`) so forked workers inherit them."""
+    import monai.transforms  # noqa: F401
+    from monai.data import MetaTensor  # noqa: F401
+
+
 def run_jobs(jobs: list[SeriesJob], workers: int, show_progress: bool = False):
     """Yield (job, result) as series finish; a fork pool so workers inherit the imported stack."""
+    warm_imports()
     if workers <= 1:
         for job in iter_with_progress(jobs, "DICOM series", disable=not show_progress):
             yield job, process_series(job)
@@ -124,9 +131,12 @@ def ingest_files(
     jobs, links = [], {}
     imaging_dir = c.path("imaging")
     imaging_dir.mkdir(parents=True, exist_ok=True)
+    reused = {uid for uid in (g.series_uid for g in groups) if sum(o.series_uid == uid for o in groups) > 1}
     for g in groups:
         sid, shift, linked_by, new = _link(c, g.study_uid, g.patient_id)
-        job = SeriesJob(g.series_uid, c.deid.uid(g.series_uid), g.instances, sid, shift, c.deid, cfg, imaging_dir)
+        # A series UID reused across studies (invalid DICOM, but seen in generated data) gets a record id per study.
+        record_uid = c.deid.uid(f"{g.study_uid}|{g.series_uid}" if g.series_uid in reused else g.series_uid)
+        job = SeriesJob(g.series_uid, record_uid, g.instances, sid, shift, c.deid, cfg, imaging_dir)
         jobs.append(job)
         links[job.record_uid] = (linked_by, new)
 

@@ -120,10 +120,12 @@ def read_header(inst: Instance) -> Header:
 
 
 def group_series(headers: list[Header]) -> list[SeriesGroup]:
-    """Series in first-seen order; instances repeated by SOPInstanceUID (the same file twice) are dropped."""
-    groups: dict[str, SeriesGroup] = {}
+    """Series in first-seen order, keyed by (study, series) UID since some generators reuse series UIDs
+    across studies; instances repeated by SOPInstanceUID (the same instance twice) are dropped."""
+    groups: dict[tuple[str, str], SeriesGroup] = {}
     for h in headers:
-        g = groups.setdefault(h.series_uid, SeriesGroup(h.series_uid, h.study_uid, h.patient_id, h.modality))
+        key = (h.study_uid, h.series_uid)
+        g = groups.setdefault(key, SeriesGroup(h.series_uid, h.study_uid, h.patient_id, h.modality))
         if h.sop_instance_uid and any(o.sop_instance_uid == h.sop_instance_uid for o in g.headers):
             continue
         g.headers.append(h)
