@@ -27,11 +27,13 @@ class TextAdapter(HfTokenAdapter):
             model = AutoModel.from_pretrained(cfg.pretrained, add_pooling_layer=False)
         else:
             size = resolve(cfg, preset)
+            # BERT's word-piece ids where they fit, else the first ids of a small vocabulary
+            cls_id, sep_id, mask_id = (101, 102, 103) if cfg.vocab_size > 103 else (1, 2, 3)
             conf = BertConfig(
                 vocab_size=cfg.vocab_size, hidden_size=size["width"], num_hidden_layers=size["layers"],
                 num_attention_heads=size["heads"], intermediate_size=4 * size["width"],
-                max_position_embeddings=cfg.max_length, pad_token_id=0, mask_token_id=103,
-                cls_token_id=101, sep_token_id=102,
+                max_position_embeddings=cfg.max_length, pad_token_id=0, mask_token_id=mask_id,
+                cls_token_id=cls_id, sep_token_id=sep_id,
             )
             model = BertModel(conf, add_pooling_layer=False)
         super().__init__(model, width, cfg.freeze)

@@ -35,6 +35,8 @@ class FusionOp(nn.Module):
     def __init__(self, n: int, width: int, out_width: int | None = None) -> None:
         super().__init__()
         self.n, self.width, self.out_width = n, width, out_width or width
+        # ops whose result has the input width map it to `out_width` when that differs
+        self.resize = nn.Identity() if self.out_width == width else nn.Linear(width, self.out_width)
 
     def vectors(self, inputs: list[Input], present: list[torch.Tensor]) -> torch.Tensor:
         if len(inputs) != self.n or len(present) != self.n:
@@ -68,7 +70,7 @@ class Sum(FusionOp):
 
     def forward(self, inputs, present):
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
-        return (v * p[..., None].to(v.dtype)).sum(1)
+        return self.resize((v * p[..., None].to(v.dtype)).sum(1))
 
 
 class Max(FusionOp):
@@ -77,7 +79,7 @@ class Max(FusionOp):
     def forward(self, inputs, present):
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         out = v.masked_fill(~p[..., None], float("-inf")).amax(1)
-        return torch.where(p.any(1, keepdim=True), out, torch.zeros_like(out))
+        return self.resize(torch.where(p.any(1, keepdim=True), out, torch.zeros_like(out)))
 
 
 class Gate(FusionOp):
@@ -92,7 +94,7 @@ class Gate(FusionOp):
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         logits = (v * self.gates.to(v.dtype)).sum(-1) + self.bias
         w = torch.softmax(logits.float().masked_fill(~p, float("-inf")), 1).nan_to_num(0.0).to(v.dtype)
-        return (w[..., None] * v).sum(1)
+        return self.resize((w[..., None] * v).sum(1))
 
 
 class Product(FusionOp):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from biomm.adapters.base import PRESETS
 from biomm.fusion.xattn import GatedCrossAttentionBlock
@@ -20,6 +19,8 @@ IGNORE = -100
 
 def build_lm(kind: str = "gpt2", pretrained: str | None = None, preset: str = "tiny", vocab_size: int = 1000) -> nn.Module:
     """A causal LM: `from_pretrained(local_dir)` or a random GPT-2 / Llama config at a preset size."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
     if pretrained:
         return AutoModelForCausalLM.from_pretrained(pretrained)
     s = PRESETS[preset]

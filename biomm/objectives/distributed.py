@@ -3,11 +3,29 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient of the gathered tensor and
+    returns this process's slice. Hand-written because torch.distributed.nn.functional.all_gather
+    is deprecated, and this form (all_reduce) works on every backend, gloo included."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -23,7 +41,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes_i = [int(s) for s in sizes]
     top = max(sizes_i)
     padded = torch.cat([x, x.new_zeros(top - x.shape[0], *x.shape[1:])]) if x.shape[0] < top else x
-    parts = dist_fn.all_gather(padded.contiguous())
+    parts = _AllGather.apply(padded).split(top)
     rank = dist.get_rank()
     return torch.cat([p[:n] for p, n in zip(parts, sizes_i)]), sum(sizes_i[:rank])
 
