@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from biomm.adapters import ADAPTERS, PRESETS, AdapterConfig, adapter_class
 from biomm.adapters.base import Preset
@@ -86,7 +86,15 @@ class ModelConfig(StrictModel):
             if name not in ADAPTERS:
                 raise ValueError(f"unknown modality '{name}' (registered: {', '.join(ADAPTERS)})")
             config = adapter_class(name).Config
-            out[name] = sub if isinstance(sub, config) else config.model_validate(sub or {})
+            if isinstance(sub, config):
+                out[name] = sub
+                continue
+            try:
+                out[name] = config.model_validate(sub or {})
+            except ValidationError as err:  # re-raised so the message names adapters.<modality>.<key>
+                raise ValueError("; ".join(
+                    f"unknown key '{name}.{'.'.join(map(str, e['loc']))}'" if e["type"] == "extra_forbidden"
+                    else f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
         return out
 
     @property
