@@ -6,6 +6,7 @@ Python API: `ingest_omics(sources, cohort_dir, config, label_keys)`, `write_back
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -74,7 +75,9 @@ def _process_chunked(src: OmicsSource, source: str, cfg: OmicsIngestConfig, out:
             p = Path(tmp) / f"part{a0:012d}.h5ad"
             c.write_h5ad(p)
             parts.append(p)
-        ad.experimental.concat_on_disk(parts, out, merge="same")
+        # concat_on_disk picks its format from the suffix: write .h5ad, then move onto `out`
+        ad.experimental.concat_on_disk(parts, Path(tmp) / "all.h5ad", merge="same")
+        os.replace(Path(tmp) / "all.h5ad", out)
     info = {"state": rep.state, "notes": notes, "steps": steps, "stats": rep.stats}
     return info, cov, pd.concat(obs_parts), len(hvg)
 
@@ -127,7 +130,9 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
         if chunked:
             info, cov, cells_obs, n_vars = _process_chunked(src, source, cfg, tmp, vocab, checksum)
             with h5py.File(tmp, "r+") as f:
-                ad.io.write_elem(f["uns"], "biomm", _uns(info, cov, checksum, cfg))
+                uns = f["uns"] if "uns" in f else f.create_group("uns")
+                uns.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+                ad.io.write_elem(uns, "biomm", _uns(info, cov, checksum, cfg))
         else:
             a, info = _process_in_memory(src, source, cfg)
             cov = annotate_genes(a, vocab)
