@@ -58,14 +58,18 @@ def _record(header: bytes, lines: list[bytes], start: int, raw: list[bytes]) -> 
 def check_sequence(seq: str, alphabet: Alphabet) -> tuple[str, str]:
     """Upper-cased sequence and its alphabet ('dna' or 'protein'); ValueError with the reason if invalid.
 
-    A trailing '*' (stop) on a protein is dropped; DNA allows IUPAC ambiguity codes."""
+    A trailing '*' (stop) on a protein is dropped; DNA allows IUPAC ambiguity codes. 'auto' decides
+    per record: DNA when all letters are IUPAC nucleotide codes and >= 75% are A/C/G/T/N."""
     if not seq:
         raise ValueError("empty sequence")
     s = seq.upper()
     if alphabet in ("protein", "auto") and s.endswith("*"):
         s = s[:-1]
     if alphabet == "auto":
-        alphabet = "dna" if set(s) <= _PLAIN_DNA else "protein"
+        # DNA when every letter is an IUPAC nucleotide code and most are A/C/G/T/N: a protein
+        # made of those letters only is implausible at that composition
+        plain = sum(ch in _PLAIN_DNA for ch in s)
+        alphabet = "dna" if set(s) <= _DNA and plain >= 0.75 * len(s) else "protein"
     allowed = _DNA if alphabet == "dna" else _PROTEIN
     for i, ch in enumerate(s):
         if ch not in allowed:
