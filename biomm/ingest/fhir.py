@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from biomm.config import FhirIngestConfig
 from biomm.ingest.base import IngestError, IngestSummary, QuarantineEntry, expand_sources, iter_with_progress
-from biomm.ingest.fhir_extract import Extracted, Extractor, ResourceContext, classify_type
+from biomm.ingest.fhir_extract import Extracted, Extractor, ResourceContext, classify_type, scrub_names
 from biomm.ingest.fhir_fast import content_bytes
 from biomm.ingest.fhir_source import FHIR_SUFFIXES, iter_resources
 from biomm.store.atomic import atomic_path, sha256_file
@@ -27,6 +27,9 @@ from biomm.store.splits import split_of
 
 MODALITY = "ehr"
 EVENTS_DIR = ("ehr", "events")
+NOTES_DIR = ("ehr", "notes")
+NOTE_SCHEMA = pa.schema([("subject_id", pa.string()), ("time", pa.timestamp("us")), ("kind", pa.string()),
+                         ("text", pa.string())])
 EVENT_SCHEMA = pa.schema([
     ("subject_id", pa.string()),
     ("time", pa.timestamp("us")),
@@ -196,15 +199,14 @@ class _SourceFile:
 
 def _remove_orphan_shards(cohort: Cohort) -> None:
     """Shards written by a run that died before its manifest commit are not part of the cohort."""
-    folder = cohort.path(*EVENTS_DIR)
-    if not folder.exists():
-        return
     referenced: set[str] = set()
-    for (paths,) in cohort.con.execute("SELECT DISTINCT path FROM records WHERE modality = ?", [MODALITY]).fetchall():
+    for (paths,) in cohort.con.execute(
+            "SELECT DISTINCT path FROM records WHERE modality IN (?, 'text')", [MODALITY]).fetchall():
         referenced.update(paths.split(","))
-    for shard in folder.glob("*.parquet"):
-        if cohort.relative(shard) not in referenced:
-            shard.unlink()
+    for folder in (cohort.path(*EVENTS_DIR), cohort.path(*NOTES_DIR)):
+        for shard in folder.glob("*.parquet") if folder.exists() else ():
+            if cohort.relative(shard) not in referenced:
+                shard.unlink()
 
 
 class _Batch:
@@ -218,6 +220,8 @@ class _Batch:
         self.cols: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
         self.resources: dict[str, str] = {}
         self.imaging: list[dict] = []
+        self.notes: list[tuple] = []  # (subject, time, kind, text, file checksum)
+        self.names: dict[str, list[str]] = {}  # subject -> own names, to scrub from notes
         self.files: dict[str, _SourceFile] = {}
         self.subjects: dict[str, tuple[str, int]] = {}  # source patient id -> (pseudonym, shift)
 
@@ -250,27 +254,42 @@ class _Batch:
             cols["text_value"].append(text)
             cols["unit"].append(unit)
         source.subject_events[sid] = source.subject_events.get(sid, 0) + len(p.extracted.events)
+        if p.extracted.names:
+            self.names.setdefault(sid, []).extend(p.extracted.names)
+        for t, kind, text in p.extracted.notes:
+            self.notes.append((sid, None if t is None else t + delta, kind, text, source.checksum))
         deid = self.cohort.deid
         for row in p.extracted.imaging:
             self.imaging.append({**row, "study_uid": deid.uid(row["study_uid"]), "series_uid": deid.uid(row["series_uid"]),
                                  "subject_id": sid, "time": row["time"] + delta})
 
-    def _write_shard(self) -> str:
+    def _write(self, folder: tuple[str, ...], table: pa.Table) -> str:
         """One Parquet shard named by the batch's sources, so a re-run after a crash overwrites it."""
-        if not self.cols["code"]:
-            return ""
-        table = pa.table(self.cols, schema=EVENT_SCHEMA).sort_by([("subject_id", "ascending"), ("time", "ascending")])
+        table = table.sort_by([("subject_id", "ascending"), ("time", "ascending")])
         name = hashlib.sha256("".join(sorted(self.files)).encode()).hexdigest()[:24]
-        target = self.cohort.path(*EVENTS_DIR, f"{name}.parquet")
+        target = self.cohort.path(*folder, f"{name}.parquet")
         with atomic_path(target) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         return self.cohort.relative(target)
+
+    def _write_shard(self) -> str:
+        return self._write(EVENTS_DIR, pa.table(self.cols, schema=EVENT_SCHEMA)) if self.cols["code"] else ""
+
+    def _write_notes(self) -> str:
+        """Narrative text with the patient's own names scrubbed (free text is the riskiest PHI carrier)."""
+        if not self.notes:
+            return ""
+        texts = [scrub_names(text, self.names.get(sid, [])) for sid, _, _, text, _ in self.notes]
+        return self._write(NOTES_DIR, pa.table({
+            "subject_id": [n[0] for n in self.notes], "time": [n[1] for n in self.notes],
+            "kind": [n[2] for n in self.notes], "text": texts}, schema=NOTE_SCHEMA))
 
     def commit(self) -> tuple[int, int, int]:
         """Write the shard, then the manifest rows in one transaction: (subjects added, records, events)."""
         if not self.files:
             return 0, 0, 0
         shard = self._write_shard()
+        notes_shard = self._write_notes()
         n_events = len(self.cols["code"])
         con = self.cohort.con
         now = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -280,6 +299,14 @@ class _Batch:
             (f"ehr:{sid}:{f.checksum[:16]}", sid, MODALITY, shard, f.checksum, f.label, f.checksum, n,
              orjson.dumps({"reader": "biomm.ingest.fhir", "format": "fhir-r4", "deid": self.cohort.deid.enabled}).decode(), now)
             for f in self.files.values() for sid, n in sorted(f.subject_events.items())
+        ]
+        note_counts: dict[tuple[str, str], int] = {}
+        for sid, _, _, _, checksum in self.notes:
+            note_counts[(sid, checksum)] = note_counts.get((sid, checksum), 0) + 1
+        records += [
+            (f"text:{sid}:{checksum[:16]}", sid, "text", notes_shard, checksum, self.files[checksum].label, checksum, n,
+             orjson.dumps({"reader": "biomm.ingest.fhir", "format": "fhir-r4 narrative", "names_scrubbed": True}).decode(), now)
+            for (sid, checksum), n in sorted(note_counts.items())
         ]
         with self.cohort.transaction():
             before = con.execute("SELECT count(*) FROM subjects").fetchall()[0][0]
@@ -303,7 +330,7 @@ class _Batch:
                 "source_checksum": [f.checksum for f in files], "modality": [MODALITY] * len(files),
                 "source_path": [f.label for f in files], "n_records": [len(f.subject_events) for f in files],
                 "n_quarantined": [f.n_quarantined for f in files], "ingested_at": [now] * len(files)}, replace=True)
-        return added, len(records), n_events
+        return added, len(records), n_events + len(self.notes)
 
 
 def _insert(con, table: str, columns: dict[str, list], replace: bool = False) -> None:

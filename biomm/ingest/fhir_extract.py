@@ -5,6 +5,8 @@ text_value, unit)`; it raises IngestError naming the resource and field when the
 Names, addresses, telecom and identifiers are never read, so they cannot reach the store."""
 from __future__ import annotations
 
+import base64
+import html
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -34,6 +36,8 @@ class Extracted:
     patient: str  # the source Patient id (not yet pseudonymised)
     events: list[Event] = field(default_factory=list)
     imaging: list[dict] = field(default_factory=list)
+    notes: list[tuple] = field(default_factory=list)  # (time, kind, text)
+    names: list[str] = field(default_factory=list)  # the patient's own names, to scrub from notes
     is_patient: bool = False
 
 
@@ -99,6 +103,7 @@ class Extractor:
             "DiagnosticReport": self.diagnostic_report,
             "ImagingStudy": self.imaging_study,
             "AllergyIntolerance": self.allergy,
+            "CarePlan": self.care_plan,
         }
 
     def handles(self, rtype: str) -> bool:
@@ -153,6 +158,10 @@ class Extractor:
         if not res.get("id"):
             raise ctx.error("Patient without id", "id")
         out = Extracted(patient=str(res.get("id")), is_patient=True)
+        for name in res.get("name") or ():
+            if isinstance(name, dict):
+                parts = [name.get("family"), *(name.get("given") or ()), *(name.get("prefix") or ())]
+                out.names.extend(p for p in parts if isinstance(p, str) and len(p) > 1)
         birth = parse_time(res.get("birthDate"), ctx, "birthDate", self.latest) if res.get("birthDate") else None
         if birth is not None:
             out.events.append((birth, "MEDS_BIRTH", None, None, None))
@@ -232,7 +241,30 @@ class Extractor:
     def diagnostic_report(self, res: dict, ctx: ResourceContext) -> Extracted:
         out = Extracted(patient_ref(res, ctx))
         t = self._time(res, ctx, ("effectiveDateTime", "effectivePeriod", "issued"))
-        out.events.append((t, self._coded(res, ctx, "code"), None, res.get("conclusion"), None))
+        code = self._coded(res, ctx, "code")
+        out.events.append((t, code, None, None, None))
+        texts = [res.get("conclusion")] if res.get("conclusion") else []
+        for i, form in enumerate(res.get("presentedForm") or ()):
+            if isinstance(form, dict) and form.get("data") and str(form.get("contentType", "")).startswith("text"):
+                try:
+                    texts.append(base64.b64decode(form["data"]).decode("utf-8", "replace"))
+                except (ValueError, TypeError):
+                    raise ctx.error("presentedForm data is not base64", f"presentedForm[{i}].data") from None
+        for text in texts:
+            out.notes.append((t, "report", text))
+        return out
+
+    def care_plan(self, res: dict, ctx: ResourceContext) -> Extracted:
+        """Category codes as events, and the plan's narrative (`text.div`) as a note."""
+        out = Extracted(patient_ref(res, ctx))
+        t = self._time(res, ctx, ("period",))
+        for concept in res.get("category") or ():
+            code, _ = first_code(concept)
+            if code:
+                out.events.append((t, code, None, "careplan", None))
+        div = (res.get("text") or {}).get("div") if isinstance(res.get("text"), dict) else None
+        if div:
+            out.notes.append((t, "careplan", html_to_text(div)))
         return out
 
     def allergy(self, res: dict, ctx: ResourceContext) -> Extracted:
@@ -265,6 +297,22 @@ class Extractor:
             out.imaging.append({"study_uid": study_uid, "series_uid": uid, "time": st, "modality": modality,
                                 "body_site": site.get("display") or site_code})
         return out
+
+
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"\s+")
+
+
+def html_to_text(div: str) -> str:
+    """XHTML narrative -> plain text (tags become spaces, entities unescaped)."""
+    return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", div))).strip()
+
+
+def scrub_names(text: str, names: list[str]) -> str:
+    """Replace a patient's own names in free text with [NAME] (names come from the Patient resource)."""
+    for name in sorted(set(names), key=len, reverse=True):
+        text = re.sub(rf"\b{re.escape(name)}\b", "[NAME]", text, flags=re.IGNORECASE)
+    return text
 
 
 def classify_type(rtype, extractor: Extractor) -> str:

@@ -2,8 +2,9 @@
 
 Unused resources (Claim, ExplanationOfBenefit, ...) and unused fields are skipped inside the C
 decoder instead of becoming Python objects; on Synthea bundles this decodes about 7x faster than
-`orjson.loads` of the whole document (measured in `biomm bench ingest-fhir`). Names, addresses,
-telecom and Patient identifiers are not among the fields, so they are never even decoded."""
+`orjson.loads` of the whole document (measured in `biomm bench ingest-fhir`). Addresses, telecom
+and Patient identifiers are not among the fields, so they are never even decoded; names are decoded
+only to scrub them from narrative text."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -18,7 +19,8 @@ EVENT_FIELDS = (
     "effectiveInstant", "issued", "valueQuantity", "valueCodeableConcept", "valueInteger", "valueDecimal",
     "valueBoolean", "valueString", "component", "authoredOn", "performedDateTime", "performedPeriod",
     "performedString", "occurrenceDateTime", "occurrenceString", "recorded", "conclusion", "criticality",
-    "started", "series", "birthDate", "gender", "extension", "deceasedDateTime",
+    "started", "series", "birthDate", "gender", "extension", "deceasedDateTime", "category", "text",
+    "presentedForm",
 )
 # ImagingStudy.identifier carries the StudyInstanceUID; other resources' identifiers are not read.
 IDENTIFIER_TYPES = {"ImagingStudy"}
@@ -27,6 +29,7 @@ IDENTIFIER_TYPES = {"ImagingStudy"}
 def _struct_fields() -> list[tuple[str, Any, Any]]:
     fields = [(name.replace("class", "class_") if name == "class" else name, Optional[Any], None) for name in EVENT_FIELDS]
     fields.append(("identifier", Optional[Any], None))
+    fields.append(("name", Optional[Any], None))  # Patient names: only to scrub them from notes, never stored
     return fields
 
 

@@ -326,3 +326,24 @@ def test_copied_cohort_folder_is_self_contained(cohort_dir, tmp_path):
     shutil.copytree(cohort_dir, moved)
     with Cohort(moved, create=False) as c:
         assert len(c.subjects()) == 2
+
+
+def test_narratives_become_text_records_with_names_scrubbed(cohort_dir, tmp_path):
+    src = bundles(1)[0]
+    bundle = load_bundle(src)
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    family = patient["name"][0]["family"]
+    plan = {"resourceType": "CarePlan", "id": "cp-test", "status": "active", "intent": "plan",
+            "subject": {"reference": f"urn:uuid:{patient['id']}"}, "period": {"start": "2015-01-01"},
+            "text": {"status": "generated", "div": f"<div>Plan for Mr. {family}: &lt;walk&gt; daily.</div>"},
+            "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "736285004"}]}]}
+    bundle["entry"].append({"resource": plan})
+    p = tmp_path / "with_plan.json"
+    p.write_text(json.dumps(bundle))
+    ingest_fhir([p], cohort_dir)
+    notes = pq.read_table(sorted((cohort_dir / "ehr" / "notes").glob("*.parquet"))).to_pylist()
+    mine = [n for n in notes if "walk" in n["text"]]
+    assert mine and mine[0]["text"] == "Plan for Mr. [NAME]: <walk> daily." and mine[0]["kind"] == "careplan"
+    assert all(family not in n["text"] for n in notes)
+    assert manifest(cohort_dir, "SELECT count(*) FROM records WHERE modality = 'text'")[0][0] == 1
+    assert "SNOMED/736285004" in {r["code"] for r in events(cohort_dir)}

@@ -1,0 +1,207 @@
+"""EHR events for the model: a code vocabulary with value statistics, and per-subject event tensors.
+
+Events are read once from the cohort's MEDS shards into contiguous arrays sorted by subject and
+time (an index of offsets per subject), so building a batch is slicing, not querying."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import torch
+
+PAD, MASK, UNK = 0, 1, 2
+SPECIAL = ("<pad>", "<mask>", "<unk>")
+EPOCH = np.datetime64("1970-01-01T00:00:00", "us")
+
+
+def days_since_epoch(t: np.ndarray) -> np.ndarray:
+    return (t.astype("datetime64[us]") - EPOCH).astype(np.float64) / 86_400e6
+
+
+@dataclass
+class EhrVocab:
+    """Event codes -> ids (0 pad, 1 mask, 2 unknown), with per-code mean/std of numeric values."""
+
+    codes: list[str]
+    value_mean: dict[str, float]
+    value_std: dict[str, float]
+
+    @property
+    def size(self) -> int:
+        return len(SPECIAL) + len(self.codes)
+
+    def __post_init__(self) -> None:
+        self._index = {c: i + len(SPECIAL) for i, c in enumerate(self.codes)}
+
+    def id(self, code: str) -> int:
+        return self._index.get(code, UNK)
+
+    def code(self, idx: int) -> str:
+        return SPECIAL[idx] if idx < len(SPECIAL) else self.codes[idx - len(SPECIAL)]
+
+    def ids(self, codes) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(c, UNK) for c in codes), dtype=np.int64, count=len(codes))
+
+    @classmethod
+    def build(cls, con: duckdb.DuckDBPyConnection, shards: list[str], subjects: list[str] | None = None,
+              min_count: int = 1, max_size: int | None = None) -> "EhrVocab":
+        """From the events of `subjects` (the training split: nothing of val/test leaks into it)."""
+        src = f"read_parquet({shards!r})"
+        where = ""
+        if subjects is not None:
+            con.register("vocab_subjects", _subjects_table(subjects))
+            where = "WHERE subject_id IN (SELECT subject_id FROM vocab_subjects)"
+        rows = con.execute(
+            f"SELECT code, count(*) n, avg(numeric_value), stddev_pop(numeric_value) FROM {src} {where} "
+            f"GROUP BY code HAVING count(*) >= ? ORDER BY n DESC, code", [min_count]).fetchall()
+        if subjects is not None:
+            con.unregister("vocab_subjects")
+        if max_size is not None:
+            rows = rows[: max_size - len(SPECIAL)]
+        return cls(
+            codes=[r[0] for r in rows],
+            value_mean={r[0]: float(r[2]) for r in rows if r[2] is not None},
+            value_std={r[0]: float(r[3]) if r[3] else 1.0 for r in rows if r[2] is not None},
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"codes": self.codes, "value_mean": self.value_mean, "value_std": self.value_std}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EhrVocab":
+        d = json.loads(Path(path).read_text())
+        return cls(d["codes"], d["value_mean"], d["value_std"])
+
+
+def _subjects_table(subjects: list[str]):
+    import pyarrow as pa
+
+    return pa.table({"subject_id": list(subjects)})
+
+
+def event_shards(cohort_root: Path) -> list[str]:
+    return sorted(str(p) for p in (Path(cohort_root) / "ehr" / "events").glob("*.parquet"))
+
+
+class EhrEvents:
+    """All events of a set of subjects, as arrays sorted by (subject, time), plus offsets per subject."""
+
+    def __init__(self, cohort_root: str | Path, vocab: EhrVocab, subjects: list[str] | None = None):
+        shards = event_shards(Path(cohort_root))
+        self.vocab = vocab
+        if not shards:
+            self.subjects: dict[str, tuple[int, int]] = {}
+            self.codes_text = np.array([], dtype=object)
+            self.codes = np.zeros(0, np.int64)
+            self.values = np.zeros(0, np.float32)
+            self.value_mask = np.zeros(0, bool)
+            self.times = np.zeros(0, np.float64)
+            return
+        con = duckdb.connect()
+        where = ""
+        if subjects is not None:
+            con.register("wanted", _subjects_table(subjects))
+            where = "WHERE subject_id IN (SELECT subject_id FROM wanted)"
+        # events without a time (static facts when no birth date is known) go first in a subject's history
+        table = con.sql(
+            f"SELECT subject_id, time, code, numeric_value FROM read_parquet({shards!r}) {where} "
+            "ORDER BY subject_id, time NULLS FIRST, code").to_arrow_table()
+        con.close()
+        sid = table.column("subject_id").to_numpy(zero_copy_only=False)
+        times = table.column("time").to_numpy(zero_copy_only=False)
+        codes = table.column("code").to_numpy(zero_copy_only=False)
+        values = table.column("numeric_value").to_numpy(zero_copy_only=False).astype(np.float64)
+        t = days_since_epoch(times)
+        self._fill_missing_times(sid, t)
+        self.codes_text = codes
+        self.codes = vocab.ids(codes)
+        mean = np.array([vocab.value_mean.get(c, 0.0) for c in codes])
+        std = np.array([vocab.value_std.get(c, 1.0) or 1.0 for c in codes])
+        self.value_mask = ~np.isnan(values)
+        self.values = np.where(self.value_mask, (values - mean) / std, 0.0).astype(np.float32)
+        self.times = t
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, int)
+        ends = np.r_[starts[1:], len(sid)]
+        self.subjects = {str(sid[s]): (int(s), int(e)) for s, e in zip(starts, ends)}
+
+    @staticmethod
+    def _fill_missing_times(sid: np.ndarray, t: np.ndarray) -> None:
+        """A static event without a time takes its subject's first known time."""
+        missing = np.isnan(t)
+        if not missing.any():
+            return
+        for i in np.flatnonzero(missing):
+            j = i
+            while j < len(t) and sid[j] == sid[i] and np.isnan(t[j]):
+                j += 1
+            t[i] = t[j] if j < len(t) and sid[j] == sid[i] else 0.0
+
+    def __contains__(self, subject_id: str) -> bool:
+        return subject_id in self.subjects
+
+    def span(self, subject_id: str, before: float | None = None) -> tuple[int, int]:
+        """Index range of a subject's events, optionally only those at or before `before` (days)."""
+        s, e = self.subjects[subject_id]
+        if before is not None:
+            e = s + int(np.searchsorted(self.times[s:e], before, side="right"))
+        return s, e
+
+    def last_time(self, subject_id: str) -> float:
+        s, e = self.subjects[subject_id]
+        return float(self.times[e - 1])
+
+    def tensors(self, subject_ids: list[str], max_events: int,
+                prediction_times: list[float | None] | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Left-aligned padded tensors of each subject's most recent `max_events` events before its
+        prediction time, and the presence mask [B] (False: no events, so the modality is absent)."""
+        b = len(subject_ids)
+        spans = []
+        for i, sid in enumerate(subject_ids):
+            if sid not in self.subjects:
+                spans.append((0, 0))
+                continue
+            pt = prediction_times[i] if prediction_times is not None else None
+            s, e = self.span(sid, pt)
+            spans.append((max(s, e - max_events), e))
+        length = max(1, max(e - s for s, e in spans))
+        codes = np.zeros((b, length), np.int64)
+        values = np.zeros((b, length), np.float32)
+        vmask = np.zeros((b, length), bool)
+        times = np.zeros((b, length), np.float64)
+        mask = np.zeros((b, length), bool)
+        pts = np.zeros(b, np.float64)
+        for i, (s, e) in enumerate(spans):
+            n = e - s
+            codes[i, :n] = self.codes[s:e]
+            values[i, :n] = self.values[s:e]
+            vmask[i, :n] = self.value_mask[s:e]
+            times[i, :n] = self.times[s:e]
+            mask[i, :n] = True
+            pt = prediction_times[i] if prediction_times is not None else None
+            pts[i] = pt if pt is not None else (times[i, n - 1] if n else 0.0)
+        present = torch.from_numpy(mask.any(1))
+        # times relative to a recent origin keep float32 precise to the minute
+        origin = pts.max() if b else 0.0
+        out = {
+            "codes": torch.from_numpy(codes),
+            "values": torch.from_numpy(values),
+            "value_mask": torch.from_numpy(vmask),
+            "times": torch.from_numpy((times - origin).astype(np.float32)) * torch.from_numpy(mask),
+            "mask": torch.from_numpy(mask),
+            "prediction_time": torch.from_numpy((pts - origin).astype(np.float32)),
+        }
+        return out, present
+
+    def top_events(self, subject_id: str, before: float | None = None, k: int = 10) -> list[dict]:
+        """The subject's most recent events (code, day, value) — evidence for answers."""
+        s, e = self.span(subject_id, before)
+        out = []
+        for i in range(e - 1, max(s, e - k) - 1, -1):
+            day = EPOCH + np.timedelta64(int(self.times[i] * 86_400e6), "us")
+            out.append({"code": str(self.codes_text[i]), "time": str(day.astype("datetime64[s]")),
+                        "value_z": float(self.values[i]) if self.value_mask[i] else None})
+        return out
