@@ -1,0 +1,65 @@
+"""The demo linkage: Synthea thoracic ImagingStudies + real PneumoniaMNIST X-rays as DICOM, linked on ingest."""
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+
+import numpy as np
+import pydicom
+import pytest
+
+from biomm.ingest.demo_linkage import make_linked_xrays, respiratory_evidence
+from biomm.ingest.dicom import ingest_dicom
+from biomm.ingest.dicom_summary import imaging_summary
+from biomm.store.cohort import Cohort
+
+from .dicom_fixtures import FAST, stored_text
+
+
+@pytest.fixture(scope="module")
+def xrays(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("xrays")
+    return make_linked_xrays(data_dir / "synthea", data_dir / "pneumoniamnist.npz", out, seed=0)
+
+
+def test_one_valid_instance_per_thoracic_study(xrays, data_dir):
+    assert xrays["studies"] == 56 and xrays["patients"] == 23 and xrays["files"] == 56
+    rows = list(csv.DictReader(open(xrays["manifest"])))
+    images = np.load(data_dir / "pneumoniamnist.npz")
+    for row in rows[:10]:
+        ds = pydicom.dcmread(f"{xrays['out_dir']}/{row['file']}")
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.SOPClassUID in ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1")
+        assert (ds.StudyInstanceUID, ds.PatientID, ds.Modality) == (row["study_uid"], row["patient_id"], row["modality"])
+        assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsAllocated == 8
+        np.testing.assert_array_equal(ds.pixel_array, images["train_images"][int(row["source_index"])])
+        assert int(images["train_labels"].reshape(-1)[int(row["source_index"])]) == int(row["label"])
+
+
+def test_seeded_and_class_follows_conditions(xrays, tmp_path, data_dir):
+    again = make_linked_xrays(data_dir / "synthea", data_dir / "pneumoniamnist.npz", tmp_path, seed=0)
+    assert open(again["manifest"]).read() == open(xrays["manifest"]).read()
+    rows = list(csv.DictReader(open(xrays["manifest"])))
+    assert all((r["label"] == "1") == bool(r["evidence"]) for r in rows) and xrays["pneumonia"] >= 1
+    when = datetime(2020, 1, 10)
+    cond = {"code": {"coding": [{"code": "233604007"}]}, "onsetDateTime": "2020-01-01T00:00:00Z"}
+    assert respiratory_evidence([cond], when) == ["233604007"]
+    assert respiratory_evidence([cond | {"onsetDateTime": "2019-10-01T00:00:00Z",
+                                         "abatementDateTime": "2019-10-20T00:00:00Z"}], when) == []
+
+
+def test_fhir_then_dicom_links_every_series(xrays, tmp_path, data_dir):
+    from biomm.ingest.fhir import ingest_fhir
+
+    cohort = tmp_path / "cohort"
+    ingest_fhir([data_dir / "synthea"], cohort)
+    s = ingest_dicom([xrays["out_dir"]], cohort, FAST)
+    assert s.records_written == 56 and s.subjects_added == 0  # every X-ray found its FHIR patient
+    with Cohort(cohort) as c:
+        summary = imaging_summary(c)
+    assert summary["linked_series"] == 56 and summary["unlinked_series"] == 0
+    text = stored_text(cohort / "imaging")
+    for row in list(csv.DictReader(open(xrays["manifest"])))[:5]:
+        assert row["patient_id"] not in text and row["study_uid"] not in text
+    assert json.loads(json.dumps(summary))["by_body_part"] == {"CHEST": 56}
