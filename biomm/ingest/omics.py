@@ -24,6 +24,7 @@ from biomm.ingest.base import IngestError, IngestSummary, QuarantineEntry, iter_
 from biomm.ingest.omics_preprocess import (OmicsIngestConfig, annotate_genes, choose_matrix, highly_variable,
                                            per_cell_steps, working_adata)
 from biomm.ingest.omics_read import OmicsSource, discover, read_source, source_checksum
+from biomm.ingest.omics_validate import check_names
 from biomm.store.atomic import atomic_path, sha256_file
 from biomm.store.cohort import Cohort, _now
 from biomm.store.splits import split_of
@@ -120,8 +121,6 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
     if missing:
         raise IngestError(source, f"label column(s) {missing} not in obs; obs has {list(src.adata.obs.columns)}",
                           field="obs")
-    from biomm.ingest.omics_validate import check_names
-
     check_names(src.adata, source)
     out = cohort.path("omics", f"{checksum[:16]}.h5ad")
     out.parent.mkdir(parents=True, exist_ok=True)
