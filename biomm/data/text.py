@@ -1,0 +1,78 @@
+"""Text for the model: a BERT-style WordPiece tokenizer and the cohort's notes per subject.
+
+With no network there is no hub tokenizer: `build_text_tokenizer` trains a WordPiece vocabulary
+(the `tokenizers` library, as BERT's) on the texts at hand — the cohort's notes, label prompts —
+and wraps it as a `transformers` fast tokenizer, saved with the run. A user's own pretrained
+tokenizer loads from a local directory instead."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import duckdb
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from biomm.data.ehr import days_since_epoch
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_text_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+    """Train a lower-cased WordPiece tokenizer (BERT's recipe) on `texts`."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(list(texts) or ["empty"], trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def load_text_tokenizer(folder: str | Path) -> PreTrainedTokenizerFast:
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def notes_shards(cohort_root: Path) -> list[str]:
+    return sorted(str(p) for p in (Path(cohort_root) / "ehr" / "notes").glob("*.parquet"))
+
+
+class SubjectNotes:
+    """Each subject's notes in time order; a subject's text is its most recent notes before a time."""
+
+    def __init__(self, cohort_root: str | Path, subjects: list[str] | None = None):
+        self.notes: dict[str, tuple[np.ndarray, list[str]]] = {}
+        shards = notes_shards(Path(cohort_root))
+        if not shards:
+            return
+        rows = duckdb.sql(f"SELECT subject_id, time, text FROM read_parquet({shards!r}) "
+                          "ORDER BY subject_id, time NULLS FIRST").fetchall()
+        wanted = set(subjects) if subjects is not None else None
+        grouped: dict[str, list[tuple]] = {}
+        for sid, t, text in rows:
+            if wanted is None or sid in wanted:
+                grouped.setdefault(sid, []).append((t, text))
+        for sid, items in grouped.items():
+            times = days_since_epoch(np.array([np.datetime64(t, "us") if t else np.datetime64("NaT") for t, _ in items]))
+            self.notes[sid] = (np.nan_to_num(times, nan=-np.inf), [text for _, text in items])
+
+    def all_texts(self) -> list[str]:
+        return [t for _, texts in self.notes.values() for t in texts]
+
+    def text(self, subject_id: str, before: float | None = None, last: int = 3) -> str | None:
+        if subject_id not in self.notes:
+            return None
+        times, texts = self.notes[subject_id]
+        n = len(texts) if before is None else int(np.searchsorted(times, before, side="right"))
+        chosen = texts[max(0, n - last):n]
+        return " [SEP] ".join(reversed(chosen)) if chosen else None
