@@ -131,6 +131,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "pipeline": "biomm.config:PipelineConfig",
     "fhir_ingest": "biomm.config:FhirIngestConfig",
     "ingest_summary": "biomm.ingest.base:IngestSummary",
+    "dicom_ingest": "biomm.ingest.dicom_preprocess:DicomIngestConfig",
 }
 
 

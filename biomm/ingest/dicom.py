@@ -4,6 +4,7 @@ The parent process owns the manifest (idempotency, subjects, links, quarantine);
 preprocessing of series run in a pool of worker processes (`dicom_series.process_series`)."""
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from biomm.config import load_config
-from biomm.ingest.base import IngestError, IngestSummary, QuarantineEntry, iter_with_progress
+from biomm.ingest.base import IngestError, IngestSummary, QuarantineEntry, iter_with_progress, progress
 from biomm.ingest.dicom_preprocess import DicomIngestConfig
 from biomm.ingest.dicom_reader import Instance, discover, group_series, read_header
 from biomm.ingest.dicom_series import SeriesJob, process_series
@@ -81,6 +82,19 @@ def warm_imports() -> None:
     from monai.data import MetaTensor  # noqa: F401
 
 
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """One fork pool per size, kept for the process's life: repeated ingests (pipelines, DICOMweb, tests)
+    do not pay for forking a large parent again. Workers only receive picklable jobs."""
+    pool = _POOLS.get(workers)
+    if pool is None or getattr(pool, "_broken", False):
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+    return pool
+
+
 def run_jobs(jobs: list[SeriesJob], workers: int, show_progress: bool = False):
     """Yield (job, result) as series finish; a fork pool so workers inherit the imported stack."""
     warm_imports()
@@ -88,10 +102,13 @@ def run_jobs(jobs: list[SeriesJob], workers: int, show_progress: bool = False):
         for job in iter_with_progress(jobs, "DICOM series", disable=not show_progress):
             yield job, process_series(job)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
-        futures = {pool.submit(process_series, job): job for job in jobs}
-        for fut in iter_with_progress(list(as_completed(futures)), "DICOM series", disable=not show_progress):
+    pool = _pool(workers)
+    futures = {pool.submit(process_series, job): job for job in jobs}
+    with progress("DICOM series", len(jobs), disable=not show_progress) as bar:
+        task = bar.add_task("DICOM series", total=len(jobs))
+        for fut in as_completed(futures):  # the parent writes the manifest while workers decode
             yield futures[fut], fut.result()
+            bar.advance(task)
 
 
 def ingest_files(

@@ -65,7 +65,7 @@ def run_monai(series: list[Path], cfg: DicomIngestConfig, out: Path) -> dict[str
     results = {}
     for folder in series:
         files = sorted(str(f) for f in folder.iterdir())
-        img = channel(load({KEY: files if len(files) > 1 else files[0]}))[KEY]
+        img = channel(load({KEY: str(folder) if len(files) > 1 else files[0]}))[KEY]  # a folder is a series
         compose, _ = build_transforms(cfg, img.ndim - 1)
         arr = compose({KEY: img})[KEY]
         image = arr.detach().cpu().numpy().astype(cfg.preprocess.cache_dtype)

@@ -45,26 +45,41 @@ def _map(value: Any, fn) -> Any:
     return fn(str(value)) if value not in (None, "") else value
 
 
-def _restore(orig: Dataset, anon: Dataset, deid: Deidentifier, shift: int) -> None:
-    """Walk both datasets together; where dicognito changed a UID/date/time, apply the cohort mapping."""
-    for elem in anon:
-        if elem.tag not in orig:
-            continue
-        before = orig[elem.tag]
+_MAPPED_VRS = ("UI", "DA", "DT", "TM")
+
+
+def _snapshot(ds: Dataset, out: dict | None = None) -> dict:
+    """Values of UID/date/time elements keyed by (dataset object, tag); dicognito edits datasets in place,
+    so this is all `_restore` needs (cheaper than a deep copy of the header)."""
+    out = {} if out is None else out
+    for elem in ds:
         if elem.VR == "SQ":
-            for a_item, o_item in zip(elem.value, before.value):
-                _restore(o_item, a_item, deid, shift)
+            for item in elem.value:
+                _snapshot(item, out)
+        elif elem.VR in _MAPPED_VRS:
+            out[(id(ds), elem.tag)] = copy.copy(elem.value)
+    return out
+
+
+def _restore(ds: Dataset, before: dict, deid: Deidentifier, shift: int) -> None:
+    """Where dicognito changed a UID/date/time, apply the cohort's mapping to the original value instead."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _restore(item, before, deid, shift)
             continue
-        if elem.value == before.value:
+        key = (id(ds), elem.tag)
+        if key not in before or elem.value == before[key]:
             continue
+        orig = before[key]
         if elem.VR == "UI":
-            elem.value = _map(before.value, deid.uid)
+            elem.value = _map(orig, deid.uid)
         elif elem.VR == "DA":
-            elem.value = _map(before.value, lambda v: _shift_da(v, shift))
+            elem.value = _map(orig, lambda v: _shift_da(v, shift))
         elif elem.VR == "DT":
-            elem.value = _map(before.value, lambda v: _shift_dt(v, shift))
+            elem.value = _map(orig, lambda v: _shift_dt(v, shift))
         elif elem.VR == "TM":
-            elem.value = before.value
+            elem.value = orig
 
 
 def deidentify(ds: Dataset, deid: Deidentifier, subject_id: str, shift_days: int) -> Dataset:
@@ -74,9 +89,9 @@ def deidentify(ds: Dataset, deid: Deidentifier, subject_id: str, shift_days: int
     pixels = {k: ds[k] for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds}
     for k in pixels:
         del ds[k]
-    original = copy.deepcopy(ds)
+    before = _snapshot(ds)
     _anonymizer(deid.token("dicognito", "seed")).anonymize(ds)
-    _restore(original, ds, deid, shift_days)
+    _restore(ds, before, deid, shift_days)
     ds.remove_private_tags()
     ds.PatientName = subject_id
     ds.PatientID = subject_id
