@@ -32,7 +32,7 @@ class SequenceAdapter(HfTokenAdapter):
                 num_attention_heads=size["heads"], intermediate_size=4 * size["width"],
                 max_position_embeddings=cfg.max_length, position_embedding_type="rotary",
                 pad_token_id=1, mask_token_id=cfg.vocab_size - 1, cls_token_id=0, eos_token_id=2,
-                token_dropout=False,
+                token_dropout=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
             )
             model = EsmModel(conf, add_pooling_layer=False)
         # Contact prediction is not used here; frozen so DDP does not wait for its gradients.

@@ -34,6 +34,7 @@ class TextAdapter(HfTokenAdapter):
                 num_attention_heads=size["heads"], intermediate_size=4 * size["width"],
                 max_position_embeddings=cfg.max_length, pad_token_id=0, mask_token_id=mask_id,
                 cls_token_id=cls_id, sep_token_id=sep_id,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # as the other encoders
             )
             model = BertModel(conf, add_pooling_layer=False)
         super().__init__(model, width, cfg.freeze)

@@ -17,7 +17,7 @@ class ChunkedInfoNCE(torch.autograd.Function):
     def forward(ctx, q, k, scale, targets, chunk: int):
         lse = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
         for s in range(0, q.shape[0], chunk):
-            lse[s : s + chunk] = torch.logsumexp(scale * (q[s : s + chunk] @ k.T), 1)
+            lse[s : s + chunk] = torch.logsumexp((q[s : s + chunk] @ k.T).mul_(scale), 1)
         pos = scale * (q * k[targets]).sum(1)
         ctx.save_for_backward(q, k, scale, targets, lse)
         ctx.chunk = chunk
@@ -25,17 +25,22 @@ class ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with torch.autocast(grad.device.type, enabled=False):  # fp32, whatever the caller's autocast
+            return ChunkedInfoNCE._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         q, k, scale, targets, lse = ctx.saved_tensors
         gq, gk = torch.zeros_like(q), torch.zeros_like(k)
         gs = torch.zeros_like(scale)
         for s in range(0, q.shape[0], ctx.chunk):
             qc = q[s : s + ctx.chunk]
             dots = qc @ k.T
-            p = torch.exp(scale * dots - lse[s : s + ctx.chunk, None])
+            p = (dots * scale).sub_(lse[s : s + ctx.chunk, None]).exp_()
             p[torch.arange(qc.shape[0]), targets[s : s + ctx.chunk]] -= 1.0  # d loss / d logits
-            gq[s : s + ctx.chunk] = scale * (p @ k)
-            gk += scale * (p.T @ qc)
-            gs += (p * dots).sum()
+            torch.mm(p, k, out=gq[s : s + ctx.chunk]).mul_(scale)
+            gk.addmm_(p.T, qc, alpha=float(scale))
+            gs += torch.vdot(p.flatten(), dots.flatten())
         return grad * gq, grad * gk, grad * gs, None, None
 
 
@@ -56,24 +61,33 @@ class ChunkedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with torch.autocast(grad.device.type, enabled=False):
+            return ChunkedSigmoid._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):
         q, k, scale, bias, targets = ctx.saved_tensors
         gq, gk = torch.zeros_like(q), torch.zeros_like(k)
         gs, gb = torch.zeros_like(scale), torch.zeros_like(bias)
         for s in range(0, q.shape[0], ctx.chunk):
             qc = q[s : s + ctx.chunk]
             dots = qc @ k.T
-            dz = torch.sigmoid(scale * dots + bias)  # d softplus(-y z)/dz = sigmoid(z) - [y = 1]
+            dz = (dots * scale).add_(bias).sigmoid_()  # d softplus(-y z)/dz = sigmoid(z) - [y = 1]
             dz[torch.arange(qc.shape[0]), targets[s : s + ctx.chunk]] -= 1.0
-            gq[s : s + ctx.chunk] = scale * (dz @ k)
-            gk += scale * (dz.T @ qc)
-            gs += (dz * dots).sum()
+            torch.mm(dz, k, out=gq[s : s + ctx.chunk]).mul_(scale)
+            gk.addmm_(dz.T, qc, alpha=float(scale))
+            gs += torch.vdot(dz.flatten(), dots.flatten())
             gb += dz.sum()
         return grad * gq, grad * gk, grad * gs, grad * gb, None, None
 
 
 def info_nce_sum(q, k, scale, targets, chunk: int) -> torch.Tensor:
-    return ChunkedInfoNCE.apply(q, k, scale, targets, chunk)
+    """Summed InfoNCE of rows q against columns k, in fp32 even under autocast."""
+    with torch.autocast(q.device.type, enabled=False):
+        return ChunkedInfoNCE.apply(q.float(), k.float(), scale.float(), targets, chunk)
 
 
 def sigmoid_sum(q, k, scale, bias, targets, chunk: int) -> torch.Tensor:
-    return ChunkedSigmoid.apply(q, k, scale, bias, targets, chunk)
+    """Summed SigLIP loss of rows q against columns k, in fp32 even under autocast."""
+    with torch.autocast(q.device.type, enabled=False):
+        return ChunkedSigmoid.apply(q.float(), k.float(), scale.float(), bias.float(), targets, chunk)

@@ -51,12 +51,13 @@ class ContrastiveLoss(nn.Module):
         n = int(gboth.sum())
         if n == 0:
             return (za.sum() + zb.sum()) * 0.0 + self.logit_scale * 0.0, 0
-        cols_a, cols_b = ga[gboth], gb[gboth]
+        every = bool(gboth.all())  # the common case: no copies of the embeddings
+        cols_a, cols_b = (ga, gb) if every else (ga[gboth], gb[gboth])
         # each local row with both -> its index among the gathered columns
         col_index = torch.cumsum(gboth.long(), 0) - 1
         local = both.nonzero().squeeze(1)
         targets = col_index[offset + local]
-        qa, qb = za[local], zb[local]
+        qa, qb = (za, zb) if bool(both.all()) else (za[local], zb[local])
         scale = self.logit_scale.exp()
         if self.kind == "clip":
             total = 0.5 * (info_nce_sum(qa, cols_b, scale, targets, self.chunk) + info_nce_sum(qb, cols_a, scale, targets, self.chunk))

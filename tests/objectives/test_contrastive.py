@@ -96,3 +96,14 @@ def test_two_process_ddp_matches_single_process(tmp_path):
         assert len(grads) == len(single_grads)
         for g, s in zip(grads, single_grads):
             torch.testing.assert_close(g, s, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_loss_saves_no_square_matrix():
+    """Memory linear in batch size: autograd keeps only O(N*D + N) values, never the N x N logits."""
+    n, d = 512, 8
+    za, zb = torch.randn(n, d, requires_grad=True), torch.randn(n, d, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        loss, _ = ContrastiveLoss("clip", chunk_size=64)(outputs(za, zb, torch.ones(n).bool(), torch.ones(n).bool()))
+    assert max(saved) <= n * d and sum(saved) < 20 * n * d
+    loss.backward()
