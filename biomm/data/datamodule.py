@@ -107,8 +107,11 @@ class PatientDataModule(L.LightningDataModule):
         self.samples: dict[str, list[Sample]] = {}
 
     # ----------------------------------------------------------------------------- setup
-    def prepare(self, imaging_size: int = 64, spatial_dims: int = 2, load_artifacts: bool = False) -> "PatientDataModule":
-        """Read the cohort, check it can feed the model, build (or load) vocabularies. Fails early."""
+    def prepare(self, imaging_size: int = 64, spatial_dims: int = 2, load_artifacts: bool = False,
+                inference: bool = False) -> "PatientDataModule":
+        """Read the cohort, check it can feed the model, build (or load) vocabularies. Fails early.
+
+        `inference`: every subject is used (no split-size checks); vocabularies must be loaded."""
         with Cohort(self.root, create=False, read_only=True) as c:
             check_modalities(self.cfg.modalities, cohort_modalities(c), self.root)
             splits = {s: c.split_subjects(s) for s in ("train", "val", "test")}
@@ -120,7 +123,9 @@ class PatientDataModule(L.LightningDataModule):
             self.samples = self.given_samples
         else:
             self.samples = {s: [Sample(sid) for sid in subjects if sid in with_any] for s, subjects in splits.items()}
-        for split in ("train", "val"):
+        if inference:
+            self.samples["all"] = [s for split in ("train", "val", "test") for s in self.samples.get(split, [])]
+        for split in () if inference else ("train", "val"):
             if len(self.samples.get(split, [])) < self.cfg.val_fraction_min:
                 raise ConfigError(
                     f"the {split} split of {self.root} has {len(self.samples.get(split, []))} subject(s) with "
@@ -228,7 +233,7 @@ class CellDataModule(L.LightningDataModule):
         self.categories: list[str] = []
         self.prompt_tokens: dict[str, torch.Tensor] | None = None
 
-    def prepare(self, load_artifacts: bool = False, **_: Any) -> "CellDataModule":
+    def prepare(self, load_artifacts: bool = False, inference: bool = False, **_: Any) -> "CellDataModule":
         with Cohort(self.root, create=False, read_only=True) as c:
             check_modalities(self.cfg.modalities, cohort_modalities(c), self.root)
             files = sorted({r["path"] for r in c.records("omics")})
@@ -244,8 +249,10 @@ class CellDataModule(L.LightningDataModule):
             "batch_size": self.cfg.batch_size})
         probe = CellChunkDataset(self.h5ad, loader_cfg)
         subject_ids = self._subject_ids(probe)
+        self.subject_ids = subject_ids
         self.rows = {s: [i for i, sid in enumerate(subject_ids) if split_of.get(sid) == s] for s in ("train", "val", "test")}
-        for split in ("train", "val"):
+        self.rows["all"] = list(range(len(subject_ids)))
+        for split in () if inference else ("train", "val"):
             if len(self.rows[split]) < self.cfg.val_fraction_min:
                 raise ConfigError(f"the {split} split of {self.root} has {len(self.rows[split])} cells")
         self.loader_cfg = loader_cfg
@@ -307,6 +314,3 @@ class CellDataModule(L.LightningDataModule):
 def build_datamodule(cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None):
     return (CellDataModule if cfg.kind == "cells" else PatientDataModule)(cohort_root, cfg, artifacts_dir)
 
-
-def np_days(value) -> float:
-    return float(np.asarray(value, dtype=np.float64))
