@@ -132,6 +132,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "fhir_ingest": "biomm.config:FhirIngestConfig",
     "ingest_summary": "biomm.ingest.base:IngestSummary",
     "dicom_ingest": "biomm.ingest.dicom_preprocess:DicomIngestConfig",
+    "model": "biomm.model_config:ModelConfig",
 }
 
 

@@ -5,9 +5,9 @@ validated by the registered adapter's own `Config` class, so unknown keys name t
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, WithJsonSchema, field_validator
 
 from biomm.adapters import ADAPTERS, PRESETS, AdapterConfig, adapter_class
 from biomm.adapters.base import Preset
@@ -68,10 +68,22 @@ def default_adapters() -> dict[str, AdapterConfig]:
     return {m: adapter_class(m).Config() for m in ADAPTERS}
 
 
+def adapters_schema() -> dict:
+    """JSON Schema of `adapters`: each registered modality with its own adapter config."""
+    return {
+        "type": "object",
+        "description": "Modality -> adapter config; a modality absent here has no adapter",
+        "properties": {m: adapter_class(m).Config.model_json_schema() for m in ADAPTERS},
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+
+
 class ModelConfig(StrictModel):
     preset: Preset = Field("small", description="Size preset of every part unless overridden")
     width: int | None = Field(None, ge=8, description="Shared token width D; default: the preset's")
-    adapters: dict[str, SerializeAsAny[AdapterConfig]] = Field(default_factory=default_adapters)
+    adapters: Annotated[dict[str, SerializeAsAny[AdapterConfig]], WithJsonSchema(adapters_schema())] = Field(
+        default_factory=default_adapters)
     backbone: BackboneConfig = BackboneConfig()
     projector: ProjectorConfig = ProjectorConfig()
     objectives: ObjectivesConfig = ObjectivesConfig()
