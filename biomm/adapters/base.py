@@ -10,6 +10,7 @@ output tokens; `mlm_spec` says what a prediction head must output.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -45,7 +46,7 @@ class MlmSpec(StrictModel):
     size: int
 
 
-class Adapter(nn.Module):
+class Adapter(nn.Module, ABC):
     """Base: `encoder` + `projector`; subclasses implement `encode(tensors) -> (h [B,T,E], mask [B,T])`."""
 
     modality: str = ""
@@ -74,8 +75,9 @@ class Adapter(nn.Module):
                     child.eval()
         return self
 
+    @abstractmethod
     def encode(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        raise TypeError(f"{type(self).__name__} must define encode()")
+        """Encoder hidden states [B, T, E] and the real-token mask [B, T]."""
 
     def forward(self, tensors: dict[str, torch.Tensor]) -> Tokens:
         if self.frozen:
@@ -85,9 +87,9 @@ class Adapter(nn.Module):
             h, mask = self.encode(tensors)
         return Tokens(self.projector(h), mask)
 
+    @abstractmethod
     def example_tensors(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Random inputs of the right shapes and dtypes (smoke tests, benchmarks)."""
-        raise TypeError(f"{type(self).__name__} must define example_tensors()")
 
     # masked modelling ------------------------------------------------------------
     @property

@@ -12,7 +12,6 @@ import itertools
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
