@@ -63,6 +63,9 @@ def bench_model(
     batch_size: int = typer.Option(16, help="Subjects per step"),
     length: int = typer.Option(128, help="Tokens per sequence-like modality (EHR events, genes, residues, words)"),
     iters: int = typer.Option(5, help="Timed steps per precision (median)"),
+    threads: int = typer.Option(1, help="Intra-op threads for the model steps and the peak matmul; "
+                                        "0 = torch's default. One thread keeps a shared machine's load from "
+                                        "distorting the figures (OpenMP threads that wait on busy cores)"),
 ) -> None:
     """Print one JSON object: bf16/fp32 throughput ratio, FLOP fraction of bf16 peak, contrastive memory."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -71,6 +74,8 @@ def bench_model(
     from biomm.model_config import ModelConfig
     from biomm.objectives import ContrastiveLoss
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = ModelConfig(preset="small")
     model = build_model(cfg).train()
