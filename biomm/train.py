@@ -33,6 +33,8 @@ from biomm.types import Batch
 
 console = Console(stderr=True)
 LAST = "last.ckpt"
+# Seconds to sleep per step: lets the kill-and-resume test interrupt a tiny run mid-way.
+_STEP_DELAY = float(os.environ.get("BIOMM_TEST_STEP_DELAY", "0") or 0)
 
 
 class NanLossError(RuntimeError):
@@ -61,11 +63,17 @@ def resolve_precision(choice: str, accelerator: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------ sampling
 class StepSampler(Sampler[list[int]]):
-    """Batches for global steps `start .. total`: epoch e is a permutation seeded by (seed, e)."""
+    """Batches for global steps `start .. total`: epoch e is a permutation seeded by (seed, e).
 
-    def __init__(self, n: int, batch_size: int, total_batches: int, seed: int, start_batch: int = 0):
-        self.n, self.bs, self.total, self.seed, self.start = n, batch_size, total_batches, seed, start_batch
-        self.per_epoch = max(1, math.ceil(n / batch_size))
+    Under DDP each of `world` ranks takes its slice of one global batch (`batch_size` per rank), so
+    N processes see exactly what one process with an N-times larger batch would see."""
+
+    def __init__(self, n: int, batch_size: int, total_batches: int, seed: int, start_batch: int = 0,
+                 rank: int = 0, world: int = 1):
+        self.n, self.total, self.seed, self.start = n, total_batches, seed, start_batch
+        self.rank, self.world, self.local = rank, world, batch_size
+        self.bs = batch_size * world
+        self.per_epoch = max(1, math.ceil(n / self.bs))
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
@@ -74,7 +82,8 @@ class StepSampler(Sampler[list[int]]):
         for k in range(self.start, self.total):
             epoch, pos = divmod(k, self.per_epoch)
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            yield perm[pos * self.bs:(pos + 1) * self.bs].tolist()
+            batch = perm[pos * self.bs:(pos + 1) * self.bs]
+            yield batch[self.rank * self.local:(self.rank + 1) * self.local].tolist()
 
 
 class StepCells(torch.utils.data.IterableDataset):
@@ -101,13 +110,13 @@ class StepCells(torch.utils.data.IterableDataset):
             epoch += 1
 
 
-def train_loader(dm, cfg: TrainConfig, start_step: int) -> DataLoader:
+def train_loader(dm, cfg: TrainConfig, start_step: int, rank: int = 0, world: int = 1) -> DataLoader:
     total = cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches
     start = start_step * cfg.trainer.accumulate_grad_batches
     if isinstance(dm, CellDataModule):
         base = dm.train_dataloader().dataset
         return DataLoader(StepCells(base, total, start), batch_size=None, num_workers=dm.cfg.num_workers)
-    sampler = StepSampler(len(dm.samples["train"]), cfg.data.batch_size, total, cfg.trainer.seed, start)
+    sampler = StepSampler(len(dm.samples["train"]), cfg.data.batch_size, total, cfg.trainer.seed, start, rank, world)
     return DataLoader(SampleDataset(dm.samples["train"]), batch_sampler=sampler, collate_fn=dm.collate,
                       num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
 
@@ -133,18 +142,24 @@ class BiommLightning(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int):
         step = self.global_step
+        if _STEP_DELAY:
+            time.sleep(_STEP_DELAY)
         torch.manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
         gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 7_919 + step)
         batch = self.objectives.prepare(batch, gen)
-        loss, metrics = self.objectives(self.model(batch), batch)
+        out = self.model(batch)
+        loss, metrics = self.objectives(out, batch)
+        # Objectives on per-modality embeddings leave the fusion stream out of the loss; a zero-weighted
+        # path gives its parameters a (zero) gradient so DDP runs without find_unused_parameters.
+        loss = loss + 0.0 * out.fused.float().sum()
         if not torch.isfinite(loss):
             last = self.checkpoint_dir / LAST if self.checkpoint_dir else None
             raise NanLossError(
-                f"non-finite loss ({float(loss)}) at step {step}; batch subjects: {', '.join(batch.subject_ids[:20])}"
+                f"non-finite loss ({float(loss.detach())}) at step {step}; batch subjects: {', '.join(batch.subject_ids[:20])}"
                 f"{' ...' if batch.size > 20 else ''}; last good checkpoint: "
                 f"{last if last and last.exists() else 'none yet'}")
         now = time.perf_counter()
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch.size, sync_dist=True)
         self.log("train/subjects_per_s", batch.size / max(now - self._t_step, 1e-9), prog_bar=True, batch_size=batch.size)
         self._t_step = now
         for k, v in metrics.items():
@@ -214,7 +229,8 @@ class _StepDataModule(L.LightningDataModule):
         self.dm, self.cfg = dm, cfg
 
     def train_dataloader(self):
-        return train_loader(self.dm, self.cfg, self.trainer.global_step if self.trainer else 0)
+        t = self.trainer
+        return train_loader(self.dm, self.cfg, t.global_step if t else 0, t.global_rank if t else 0, t.world_size if t else 1)
 
     def val_dataloader(self):
         return self.dm.val_dataloader()
@@ -271,6 +287,9 @@ def prepare_run(cfg: TrainConfig, cohort: str | Path, out: str | Path, load_arti
         model_cfg.adapters[name] = model_cfg.adapters[name].model_copy(update={"freeze": True})
     # only the adapters of the modalities fed: others would be dead weight in every checkpoint
     model_cfg.adapters = {m: a for m, a in model_cfg.adapters.items() if m in cfg.data.modalities}
+    if model_cfg.objectives.autoregressive.weight == 0:
+        # the LLaVA projector only feeds the causal LM: without that objective it is unused (and breaks DDP)
+        model_cfg.projector = model_cfg.projector.model_copy(update={"out_dim": None})
     model_cfg = type(model_cfg).model_validate(model_cfg.model_dump())
     return dm, model_cfg
 
@@ -321,6 +340,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
         check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         logger=[TensorBoardLogger(str(out), name="tensorboard", version=""), CSVLogger(str(out), name="csv", version="")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # StepSampler shards each global batch across ranks itself
     )
     trainer.fit(module, datamodule=_StepDataModule(dm, resolved), ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:

@@ -25,3 +25,56 @@ def data_dir() -> Path:
 @pytest.fixture
 def cohort_dir(tmp_path) -> Path:
     return tmp_path / "cohort"
+
+
+def _thoracic_first(n_others: int) -> list[Path]:
+    """The shipped bundles with a thoracic X-ray study, plus `n_others` more (sorted names)."""
+    import gzip
+    import json
+
+    files = sorted((DATA / "synthea").glob("*.json.gz"))
+    thoracic, others = [], []
+    for f in files:
+        text = gzip.decompress(f.read_bytes())
+        (thoracic if b'"Thoracic structure' in text or b'"thoracic' in text.lower() else others).append(f)
+    return thoracic + others[:n_others]
+
+
+@pytest.fixture(scope="session")
+def clinical_cohort(tmp_path_factory) -> Path:
+    """A small real clinical cohort built the way the demo builds it: Synthea FHIR (the 23 patients
+    with thoracic imaging studies + 37 others), linked PneumoniaMNIST chest X-rays through DICOM
+    ingest. Session-scoped: build once, never write to it in a test (copy it first)."""
+    import json
+
+    from biomm.ingest.demo_linkage import make_linked_xrays
+    from biomm.ingest.dicom import ingest_dicom
+    from biomm.ingest.fhir import ingest_fhir
+    from biomm.config import FhirIngestConfig
+
+    root = tmp_path_factory.mktemp("clinical")
+    cohort = root / "cohort"
+    src = root / "synthea"
+    src.mkdir()
+    for f in _thoracic_first(37):
+        (src / f.name).symlink_to(f)
+    ingest_fhir([src], cohort, FhirIngestConfig(deid={"key": "test-key"}))
+    make_linked_xrays(src, DATA / "pneumoniamnist.npz", root / "xrays", seed=0)
+    dicoms = sorted((root / "xrays").glob("*.dcm"))
+    ingest_dicom(dicoms, cohort, {"deid": {"key": "test-key"}, "preprocess": {"spatial_size_2d": [32, 32]}})
+    (root / "built.json").write_text(json.dumps({"dicoms": len(dicoms)}))
+    return cohort
+
+
+@pytest.fixture(scope="session")
+def cell_cohort(tmp_path_factory) -> Path:
+    """Real PBMCs (scanpy's bundled pbmc68k_reduced, 700 cells, 10 types) ingested as a cell cohort."""
+    import scanpy as sc
+
+    from biomm.ingest.omics import ingest_omics
+
+    root = tmp_path_factory.mktemp("cells")
+    path = root / "pbmc68k_reduced.h5ad"
+    sc.datasets.pbmc68k_reduced().write_h5ad(path)
+    ingest_omics([path], root / "cohort", label_keys=["bulk_labels"], progress=False)
+    return root / "cohort"

@@ -235,7 +235,8 @@ class CellDataModule(L.LightningDataModule):
 
     def prepare(self, load_artifacts: bool = False, inference: bool = False, **_: Any) -> "CellDataModule":
         with Cohort(self.root, create=False, read_only=True) as c:
-            check_modalities(self.cfg.modalities, cohort_modalities(c), self.root)
+            # a cell's text is its label prompt, made here, not a stored record
+            check_modalities([m for m in self.cfg.modalities if m != "text"], cohort_modalities(c), self.root)
             files = sorted({r["path"] for r in c.records("omics")})
             split_of = dict(c.con.execute(
                 "SELECT s.subject_id, s.split FROM splits s JOIN subjects USING (subject_id) WHERE kind = 'cell'").fetchall())

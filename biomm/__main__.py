@@ -1,0 +1,4 @@
+"""`python -m biomm` runs the CLI."""
+from biomm.cli import main
+
+main()
