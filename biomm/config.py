@@ -133,6 +133,10 @@ SCHEMA_MODELS: dict[str, str] = {
     "ingest_summary": "biomm.ingest.base:IngestSummary",
     "dicom_ingest": "biomm.ingest.dicom_preprocess:DicomIngestConfig",
     "model": "biomm.model_config:ModelConfig",
+    "omics_ingest": "biomm.ingest.omics_preprocess:OmicsIngestConfig",
+    "sequence_ingest": "biomm.ingest.sequence:SequenceIngestConfig",
+    "omics_loader": "biomm.data.omics_loader:OmicsLoaderConfig",
+    "train": "biomm.train_config:TrainConfig",
 }
 
 
