@@ -63,6 +63,18 @@ class LoadedModel:
         self.model = BiommModel.load(self.folder).eval()
         self.metrics = json.loads((self.folder / "metrics.json").read_text()) if (self.folder / "metrics.json").exists() else {}
 
+    def objectives(self):
+        """The training objectives with their trained parameters (masked-modelling heads, temperature, LM)."""
+        from safetensors.torch import load_file
+
+        from biomm.objectives import build_objectives
+
+        objs = build_objectives(self.model.config, self.model)
+        path = self.folder / "objectives.safetensors"
+        if path.exists():
+            objs.load_state_dict(load_file(str(path)))
+        return objs.eval()
+
     @property
     def modalities(self) -> list[str]:
         return list(self.config.data.modalities)

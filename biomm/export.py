@@ -77,6 +77,8 @@ def export(run: str | Path, to: str | Path) -> Path:
     shutil.copy2(run / "model" / "config.json", tmp / "config.json")
     shutil.copy2(run / "model" / "model.safetensors", tmp / "model.safetensors")
     shutil.copy2(run / "train_config.json", tmp / "train_config.json")
+    if (run / "model" / "objectives.safetensors").exists():
+        shutil.copy2(run / "model" / "objectives.safetensors", tmp / "objectives.safetensors")
     for name in ("run.json", "metrics.json"):
         if (run / name).exists():
             shutil.copy2(run / name, tmp / name)

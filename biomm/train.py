@@ -345,6 +345,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     trainer.fit(module, datamodule=_StepDataModule(dm, resolved), ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:
         module.model.save(out / "model")
+        save_objectives(module.objectives, out / "model")
         metrics = {**module.final_metrics, "steps": trainer.global_step,
                    "loader_fraction": round(timing.data_s / max(timing.data_s + timing.compute_s, 1e-9), 4)}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -352,6 +353,15 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
             print_metrics(metrics)
         return metrics
     return {}
+
+
+def save_objectives(objectives: WeightedObjectives, folder: Path) -> None:
+    """The objectives' own parameters (temperature, masked-modelling heads, causal LM) beside the model:
+    imputation and question answering use them after training."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in objectives.state_dict().items()}
+    save_file(state, str(folder / "objectives.safetensors"))
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

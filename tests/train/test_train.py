@@ -123,6 +123,11 @@ def test_export_then_load_gives_identical_embeddings(clinical_cohort, tmp_path):
     moved = tmp_path / "moved"
     folder.rename(moved)
     e2 = biomm.load(moved).embed(clinical_cohort)
-    assert e1.subject_ids == e2.subject_ids and len(e1.subject_ids) == 60
+    from biomm.store.cohort import Cohort
+
+    with Cohort(clinical_cohort, create=False, read_only=True) as c:
+        n_subjects = len(c.subjects())
+        n_imaging = len({r["subject_id"] for r in c.records("imaging")})
+    assert e1.subject_ids == e2.subject_ids and len(e1.subject_ids) == n_subjects
     np.testing.assert_array_equal(e1.fused, e2.fused)
-    assert e1.present["imaging"].sum() == 23 and e1.present["ehr"].all()
+    assert e1.present["imaging"].sum() == n_imaging > 20 and e1.present["ehr"].all()
