@@ -100,6 +100,10 @@ class FhirIngest:
 
     def _commit(self) -> None:
         added, records, events = self.batch.commit()
+        if self.extract.displays:
+            _insert(self.cohort.con, "codes", {"code": list(self.extract.displays),
+                                               "display": list(self.extract.displays.values())})
+            self.extract.displays.clear()
         self.summary.subjects_added += added
         self.summary.records_written += records
         self.summary.items_written += events

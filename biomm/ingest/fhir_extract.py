@@ -91,6 +91,7 @@ class Extractor:
     """Dispatch by resourceType. `latest` bounds plausible dates (default: now + 1 year)."""
 
     def __init__(self, latest: datetime | None = None):
+        self.displays: dict[str, str] = {}
         self.latest = latest or (datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=366))
         self.by_type: dict[str, Callable[[dict, ResourceContext], Extracted]] = {
             "Patient": self.patient,
@@ -105,6 +106,13 @@ class Extractor:
             "AllergyIntolerance": self.allergy,
             "CarePlan": self.care_plan,
         }
+
+    def _first(self, concept) -> tuple[str | None, str | None]:
+        """first_code, remembering each code's display text (for readable evidence and questions)."""
+        code, display = first_code(concept)
+        if code is not None and display and code not in self.displays:
+            self.displays[code] = display
+        return code, display
 
     def handles(self, rtype: str) -> bool:
         return rtype in self.by_type
@@ -129,7 +137,7 @@ class Extractor:
         return None
 
     def _coded(self, res: dict, ctx: ResourceContext, key: str) -> str:
-        code, _ = first_code(res.get(key))
+        code, _ = self._first(res.get(key))
         if code is None:
             raise ctx.error("no code", key)
         return code
@@ -188,7 +196,7 @@ class Extractor:
         out = Extracted(patient_ref(res, ctx))
         t = self._time(res, ctx, ("period",))
         types = res.get("type") or [{}]
-        code, _ = first_code(types[0] if isinstance(types, list) and types else None)
+        code, _ = self._first(types[0] if isinstance(types, list) and types else None)
         cls_code = cls.get("code") if isinstance(cls, dict) else None
         out.events.append((t, code or f"ENCOUNTER/{cls_code or 'unknown'}", None, cls_code, None))
         return out
@@ -205,7 +213,7 @@ class Extractor:
         num, text, unit = self._value(res)
         out.events.append((t, self._coded(res, ctx, "code"), num, text, unit))
         for i, comp in enumerate(res.get("component") or ()):
-            code, _ = first_code(comp.get("code"))
+            code, _ = self._first(comp.get("code"))
             if code is None:
                 raise ctx.error("component without a code", f"component[{i}].code")
             num, text, unit = self._value(comp)
@@ -259,7 +267,7 @@ class Extractor:
         out = Extracted(patient_ref(res, ctx))
         t = self._time(res, ctx, ("period",))
         for concept in res.get("category") or ():
-            code, _ = first_code(concept)
+            code, _ = self._first(concept)
             if code:
                 out.events.append((t, code, None, "careplan", None))
         div = (res.get("text") or {}).get("div") if isinstance(res.get("text"), dict) else None

@@ -48,10 +48,10 @@ _DDL = [
         record VARCHAR, field VARCHAR, reason VARCHAR, created_at TIMESTAMP)""",
     "CREATE TABLE IF NOT EXISTS splits (subject_id VARCHAR PRIMARY KEY, split VARCHAR)",
     """CREATE TABLE IF NOT EXISTS labels (
-        subject_id VARCHAR, name VARCHAR, value VARCHAR, time TIMESTAMP, source VARCHAR,
-        PRIMARY KEY (subject_id, name))""",
+        subject_id VARCHAR, name VARCHAR, value VARCHAR, time TIMESTAMP, source VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS fhir_resources (
         resource_key VARCHAR PRIMARY KEY, content_hash VARCHAR, source_checksum VARCHAR)""",
+    "CREATE TABLE IF NOT EXISTS codes (code VARCHAR PRIMARY KEY, display VARCHAR)",
     """CREATE TABLE IF NOT EXISTS imaging_studies (
         study_uid VARCHAR, series_uid VARCHAR, subject_id VARCHAR, time TIMESTAMP, modality VARCHAR,
         body_site VARCHAR, PRIMARY KEY (study_uid, series_uid))""",
@@ -212,9 +212,17 @@ class Cohort:
             "SELECT subject_id FROM splits WHERE split = ? ORDER BY subject_id", [split]).fetchall()]
 
     def set_label(self, subject_id: str, name: str, value: Any, time: datetime | None = None, source: str = "") -> None:
-        self.con.execute(
-            "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?)", [subject_id, name, str(value), time, source]
-        )
+        """One label per (subject, name, time): setting it again replaces it."""
+        self.con.execute("DELETE FROM labels WHERE subject_id = ? AND name = ? AND time IS NOT DISTINCT FROM ?",
+                         [subject_id, name, time])
+        self.con.execute("INSERT INTO labels VALUES (?, ?, ?, ?, ?)", [subject_id, name, str(value), time, source])
+
+    def labels(self, name: str) -> list[tuple[str, str, datetime | None]]:
+        return self.con.execute("SELECT subject_id, value, time FROM labels WHERE name = ? ORDER BY subject_id, time",
+                                [name]).fetchall()
+
+    def code_displays(self) -> dict[str, str]:
+        return dict(self.con.execute("SELECT code, display FROM codes").fetchall())
 
     # ------------------------------------------------------------------ quarantine
     def quarantine(
