@@ -1,0 +1,52 @@
+"""`biomm serve MODEL --cohort DIR`: the HTTP API and the clinician's page (uvicorn)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from biomm.cli import app
+from biomm.commands._common import console
+
+
+@app.command("serve")
+def serve_cmd(
+    model: Path = typer.Argument(..., help="Exported model folder (biomm export)"),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort folder to query and ingest into"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="YAML/JSON file: token -> role (reader|writer); "
+                                          "or set BIOMM_TOKENS=\"tok1:reader,tok2:writer\""),
+    config: Optional[Path] = typer.Option(None, "--config", help="Serve config YAML (limits, CORS origins, ingest configs)"),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve queries, ingest and the web page at http://HOST:PORT/ (bearer tokens; CORS off by default)."""
+    import logging
+
+    import uvicorn
+
+    from biomm.config import ConfigError, load_config
+    from biomm.serve.app import create_app
+    from biomm.serve.auth import TokenConfigError, load_tokens
+    from biomm.serve.settings import ServeConfig
+
+    try:
+        cfg = load_config(ServeConfig, config, set_)
+        table = load_tokens(tokens)
+        application = create_app(model, cohort, table, cfg)
+        state = application.state.serve
+        console.print(f"loading model {state.model_dir.name} over cohort {state.cohort_dir.name} ...")
+        engine = state.engine
+    except (ConfigError, TokenConfigError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    roles = sorted(set(table.values()))
+    console.print(f"model {engine.model_name}: {len(engine.subjects)} subjects, tasks {', '.join(sorted(engine.tasks)) or '-'}; "
+                  f"{len(table)} token(s) ({', '.join(roles)})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/] listening on {host} without TLS: put a TLS-terminating proxy in front")
+    console.print(f"page: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
+    logging.getLogger("biomm.serve").setLevel(log_level.upper())
+    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False)
