@@ -1,0 +1,82 @@
+"""`biomm qa train|eval|ask`: the clinical question-answering head, and the `train_qa` pipeline step."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from biomm.cli import app
+from biomm.commands._common import console, dump_json, user_errors
+from biomm.pipeline import PipelineContext, step
+
+qa_app = typer.Typer(help="Question answering about patients: fused latents -> a causal LM (LLaVA stage 2).",
+                     no_args_is_help=True)
+app.add_typer(qa_app, name="qa")
+
+
+def _config(config: Path | None, overrides: list[str]):
+    from biomm.config import load_config
+    from biomm.heads.qa_config import QAConfig
+
+    return load_config(QAConfig, config, overrides)
+
+
+@qa_app.command("train")
+def train_cmd(
+    model: Path = typer.Argument(..., help="Exported clinical model folder (`biomm export`)"),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
+    config: Optional[Path] = typer.Option(None, "--config", help="QA config YAML (configs/qa/*.yaml)"),
+    set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
+) -> None:
+    """Train the QA head on the training patients; save it in MODEL/heads/qa; print metrics as JSON."""
+    from biomm.heads.qa import train_qa
+
+    with user_errors():
+        metrics = train_qa(model, cohort, _config(config, set_), progress=True)
+    dump_json(metrics)
+
+
+@qa_app.command("eval")
+def eval_cmd(
+    model: Path = typer.Argument(..., help="Model folder with a trained QA head"),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
+    split: str = typer.Option("test", "--split", help="train, val or test"),
+    xray_labels: Optional[Path] = typer.Option(None, "--xray-labels", help="Linkage CSV (default: the head's config)"),
+) -> None:
+    """Exact match and token F1 per question type, with the majority baselines, as JSON."""
+    from biomm.heads.qa import evaluate_qa
+
+    with user_errors():  # QueryError is a ValueError: one clear line, exit code 2
+        dump_json(evaluate_qa(model, cohort, split, str(xray_labels) if xray_labels else None))
+
+
+@qa_app.command("ask")
+def ask_cmd(
+    model: Path = typer.Argument(..., help="Model folder with a trained QA head"),
+    cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
+    subject: str = typer.Option(..., "--subject", help="Subject id (pseudonymous)"),
+    question: str = typer.Option(..., "--question", help="e.g. 'Does the chest X-ray show pneumonia?'"),
+) -> None:
+    """Answer one question about one subject; prints the QueryResponse JSON (answer and evidence)."""
+    from biomm.heads.qa import answer
+
+    with user_errors():  # QueryError is a ValueError: one clear line, exit code 2
+        print(answer(model, cohort, subject, question).model_dump_json(indent=2))
+
+
+@step("train_qa")
+def train_qa_step(ctx: PipelineContext, model: str, cohort: str, config: str | None = None,
+                  xray_labels: str | None = None, set: list[str] | None = None) -> dict:
+    """Pipeline step: train the QA head of an exported model (xray_labels: e.g. {workdir}/xrays/linkage.csv)."""
+    from biomm.heads.qa import train_qa
+
+    overrides = list(set or [])
+    if xray_labels:
+        overrides.append(f"questions.xray_labels={ctx.path(xray_labels)}")
+    cfg = _config(ctx.path(config) if config else None, overrides)
+    metrics = train_qa(ctx.path(model), ctx.path(cohort), cfg, progress=True)
+    ev = metrics["eval"]
+    console.print(f"QA test EM {ev['model']['overall']['em']:.3f} (baseline {ev['baseline']['overall']['em']:.3f}), "
+                  f"F1 {ev['model']['overall']['f1']:.3f} (baseline {ev['baseline']['overall']['f1']:.3f})")
+    return {"model": str(ctx.path(model)), "head": str(ctx.path(model) / "heads" / "qa"), "metrics": metrics}
