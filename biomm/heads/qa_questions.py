@@ -37,6 +37,7 @@ class QAPair:
     qtype: str
     question: str
     answer: str
+    code: str | None = None  # the diagnosis asked about
     events: list[dict] = field(default_factory=list)  # the records behind the answer
     image_series: list[str] = field(default_factory=list)
 
@@ -278,12 +279,12 @@ def generate_pairs(store: QAStore, subjects: list[str], reference_times: int = 2
             for code in chosen:
                 answer, events = diagnosis_answer(store, subject, t, str(code))
                 out.append(QAPair(subject, t, "diagnosis", diagnosis_question(clean_display(store.describe(code))),
-                                  answer, events))
+                                  answer, str(code), events))
             answer, events = sbp_answer(store, subject, t)
-            out.append(QAPair(subject, t, "systolic_bp", SBP_QUESTION, answer, events))
+            out.append(QAPair(subject, t, "systolic_bp", SBP_QUESTION, answer, SBP, events))
             answer, events, series = xray_answer(store, subject, t)
             if answer is not None:
-                out.append(QAPair(subject, t, "chest_xray", XRAY_QUESTION, answer, events, series))
+                out.append(QAPair(subject, t, "chest_xray", XRAY_QUESTION, answer, None, events, series))
     return out
 
 
