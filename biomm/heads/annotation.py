@@ -76,8 +76,9 @@ class LinearProbe:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale},
-                  str(folder / "annotator.safetensors"))
+        arrays = {"coef": self.coef, "intercept": self.intercept, "mean": self.mean, "scale": self.scale}
+        # safetensors writes the raw buffer: sklearn's coef_ is Fortran-ordered, so make it C-contiguous
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(folder / "annotator.safetensors"))
         (folder / "annotator.json").write_text(json.dumps({"classes": self.classes}, indent=2))
 
     @classmethod
