@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 ROLES = ("reader", "writer")
 RANK = {"reader": 0, "writer": 1}
@@ -85,13 +86,14 @@ class Authenticator:
         return found
 
 
+BEARER = HTTPBearer(auto_error=False, description="A token from the server's token file or BIOMM_TOKENS")
 UNAUTHORIZED = HTTPException(401, detail="unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
 def require(role: str) -> Callable[[Request], str]:
     """A FastAPI dependency: 401 without a valid token, 403 when the token's role ranks below `role`."""
 
-    def dependency(request: Request) -> str:
+    def dependency(request: Request, _: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> str:
         got = request.app.state.auth.role(request)
         if got is None:
             raise UNAUTHORIZED
