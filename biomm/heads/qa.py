@@ -98,6 +98,9 @@ class QAService:
                         for m, here in present.items()],
             top_events=self._events(subject_id, when, ref_events),
             image_series=sorted(set(series) | set(ref_series)))
+        if qtype == "diagnosis" and code is None:
+            warnings.append("the condition asked about is not among the cohort's diagnosis codes: "
+                            "no reference answer from the records")
         if qtype is None:
             warnings.append("the question matches none of the trained question types (diagnosis, systolic blood "
                             "pressure, chest X-ray): the answer is unreliable")
