@@ -137,6 +137,7 @@ SCHEMA_MODELS: dict[str, str] = {
     "sequence_ingest": "biomm.ingest.sequence:SequenceIngestConfig",
     "omics_loader": "biomm.data.omics_loader:OmicsLoaderConfig",
     "train": "biomm.train_config:TrainConfig",
+    "virtual_cell": "biomm.heads.virtual_cell:VirtualCellConfig",
     "qa": "biomm.heads.qa_config:QAConfig",
 }
 
