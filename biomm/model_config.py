@@ -36,6 +36,7 @@ class ContrastiveConfig(StrictModel):
     modalities: list[str] | None = Field(None, description="Modalities to align pairwise; default: all")
     chunk_size: int = Field(1024, ge=1, description="Logit rows per chunk (memory linear in batch size)")
     gather: bool = Field(True, description="All-gather embeddings across processes (with gradient)")
+    fused_weight: float = Field(0.0, ge=0, description="Also align the fused embedding with each present modality's")
 
 
 class MaskedConfig(StrictModel):

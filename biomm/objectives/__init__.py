@@ -53,7 +53,7 @@ def build_objectives(cfg, model) -> WeightedObjectives:
     weights: dict[str, float] = {}
     c = ocfg.contrastive
     if c.weight > 0:
-        objs["contrastive"] = ContrastiveLoss(c.kind, c.modalities, c.chunk_size, c.gather)
+        objs["contrastive"] = ContrastiveLoss(c.kind, c.modalities, c.chunk_size, c.gather, c.fused_weight)
         weights["contrastive"] = c.weight
     m = ocfg.masked
     if m.weight > 0:

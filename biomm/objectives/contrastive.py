@@ -26,8 +26,9 @@ class ContrastiveLoss(nn.Module):
     """`forward(outputs) -> (loss, metrics)`; call `clamp_()` after each optimizer step."""
 
     def __init__(self, kind: str = "clip", modalities: list[str] | None = None, chunk_size: int = 1024,
-                 gather: bool = True) -> None:
+                 gather: bool = True, fused_weight: float = 0.0) -> None:
         super().__init__()
+        self.fused_weight = fused_weight
         if kind not in ("clip", "siglip"):
             raise ValueError(f"contrastive kind must be 'clip' or 'siglip', got '{kind}'")
         self.kind, self.modalities, self.chunk, self.gather = kind, modalities, chunk_size, gather
@@ -81,5 +82,15 @@ class ContrastiveLoss(nn.Module):
             raise ValueError("contrastive loss needs at least two modalities in the outputs")
         counted = sum(1 for k in metrics if "-" in k)
         total = sum(losses) / max(counted, 1)
+        if self.fused_weight > 0 and outputs.fused is not None:
+            # fused <-> each modality: keeps the fused embedding subject-specific (no collapse) and
+            # puts the fusion stream (resampler latents, gated cross-attention) into the loss
+            fused_losses = []
+            for m in mods:
+                loss, n = self.pair_loss(outputs.fused, outputs.pooled[m], outputs.present[m])
+                fused_losses.append(loss)
+                if n:
+                    metrics[f"fused~{m}"] = float(loss.detach())
+            total = total + self.fused_weight * sum(fused_losses) / max(1, len(fused_losses))
         metrics["loss"] = float(total.detach())  # this process's share x world size
         return total, metrics

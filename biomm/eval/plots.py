@@ -1,0 +1,76 @@
+"""PNG plots for evaluation reports (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], title: str, path: Path) -> Path:
+    """curves: name -> (y, p, auroc)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    for name, (y, p, auc) in curves.items():
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})" if auc is not None else name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def calibration_plot(curves: dict[str, tuple[list[float], list[float]]], title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
+    for name, (mean_p, frac) in curves.items():
+        ax.plot(mean_p, frac, "o-", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="mean predicted probability", ylabel="observed fraction", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def umap_plot(x: np.ndarray, labels: list[str], title: str, path: Path, seed: int = 0) -> Path:
+    """2-D UMAP of embeddings coloured by label (umap-learn, installed with scanpy)."""
+    import umap
+
+    n = len(x)
+    coords = umap.UMAP(n_neighbors=min(15, max(2, n - 1)), random_state=seed, init="random").fit_transform(x) if n > 3 \
+        else np.zeros((n, 2))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    for lab in sorted(set(labels)):
+        idx = [i for i, l in enumerate(labels) if l == lab]
+        ax.scatter(coords[idx, 0], coords[idx, 1], s=8, label=lab)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(fontsize=6, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def recall_plot(recall: dict[str, float], title: str, path: Path) -> Path:
+    """Bars of recall@k per modality pair."""
+    pairs = sorted({k.split("/", 1)[1] for k in recall if k.startswith("recall@")})
+    ks = sorted({int(k.split("/")[0][7:]) for k in recall if k.startswith("recall@")})
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=110)
+    width = 0.8 / max(1, len(ks))
+    for i, k in enumerate(ks):
+        ax.bar(np.arange(len(pairs)) + i * width, [recall.get(f"recall@{k}/{p}", 0) for p in pairs], width, label=f"@{k}")
+    ax.set_xticks(np.arange(len(pairs)) + width * (len(ks) - 1) / 2, pairs, fontsize=7)
+    ax.set(ylim=(0, 1), ylabel="recall", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,26 @@
+"""Dispatch `biomm eval` by model kind, write metrics.json and report.md."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from biomm.bundle import load
+
+
+def run_eval(model: str | Path, cohort: str | Path, out: str | Path | None, tasks: list[str],
+             task_dirs: list[str | Path]) -> tuple[dict[str, Any], Path]:
+    from biomm.eval.report import write_report
+
+    loaded = load(model)
+    out = Path(out) if out else loaded.folder / "eval"
+    if loaded.kind == "patients":
+        from biomm.data.tasks import load_tasks
+        from biomm.eval.clinical import evaluate_clinical
+        from biomm.eval.report import clinical_markdown
+
+        report = evaluate_clinical(loaded, cohort, out, load_tasks(task_dirs), tasks or None)
+        return report, write_report(report, out, clinical_markdown(report))
+    from biomm.heads.virtual_cell import evaluate_cells, cells_markdown
+
+    report = evaluate_cells(loaded, cohort, out)
+    return report, write_report(report, out, cells_markdown(report))

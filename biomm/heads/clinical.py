@@ -1,0 +1,172 @@
+"""Clinical-reasoning head: prediction tasks on frozen biomm embeddings, and the honest baselines.
+
+For each task a logistic-regression head (scikit-learn) is fitted on the training split's
+embeddings at each sample's prediction time, on the fused embedding or on one modality's.
+The bag-of-codes baseline (the PyHealth / MEDS-Tab recipe) sees the same events before the same
+prediction times. Heads are saved as JSON (coefficients and scaler), so no pickle is loaded."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.preprocessing import StandardScaler
+
+from biomm.data.datamodule import Sample
+from biomm.data.ehr import EhrEvents
+from biomm.types import Batch
+
+HEADS_DIR = ("heads", "clinical")
+
+
+@dataclass
+class SampleEmbeddings:
+    """Per-sample features: `fused` [N, D], per modality [N, D] and presence [N]."""
+
+    samples: list[Sample]
+    fused: np.ndarray
+    modalities: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+
+    def features(self, source: str) -> np.ndarray:
+        """`fused`, or one modality's embedding with a presence indicator (absent rows are zeros + flag 0)."""
+        if source == "fused":
+            return self.fused
+        emb = self.modalities[source] * self.present[source][:, None]
+        return np.concatenate([emb, self.present[source][:, None].astype(np.float32)], 1)
+
+    def labels(self, task: str) -> np.ndarray:
+        return np.array([s.labels[task] for s in self.samples], dtype=np.float32)
+
+
+def _drop(batch: Batch, modality: str) -> Batch:
+    """The same batch with one modality marked absent (for occlusion)."""
+    mods = dict(batch.modalities)
+    inp = mods[modality]
+    mods[modality] = type(inp)(inp.tensors, torch.zeros_like(inp.present))
+    return Batch(mods, batch.subject_ids, batch.labels, batch.extras)
+
+
+@torch.no_grad()
+def embed_samples(model, collate, samples: list[Sample], batch_size: int = 64,
+                  drop: str | None = None) -> SampleEmbeddings:
+    """Embed samples at their prediction times (only data before each time is seen)."""
+    fused, mods, present = [], {}, {}
+    for a in range(0, len(samples), batch_size):
+        batch = collate(samples[a:a + batch_size])
+        if drop is not None and drop in batch.modalities:
+            batch = _drop(batch, drop)
+        out = model(batch)
+        fused.append(out.fused.float().numpy())
+        for m in batch.modalities:
+            e = out.pooled.get(m)
+            mods.setdefault(m, []).append(e.float().numpy() if e is not None else np.zeros_like(fused[-1]))
+            present.setdefault(m, []).append(out.present[m].numpy() if m in out.present else
+                                             np.zeros(batch.size, dtype=bool))
+    if not fused:
+        d = model.config.d
+        return SampleEmbeddings([], np.zeros((0, d), np.float32), {}, {})
+    return SampleEmbeddings(samples, np.concatenate(fused), {m: np.concatenate(v) for m, v in mods.items()},
+                            {m: np.concatenate(v) for m, v in present.items()})
+
+
+class LinearHead:
+    """Standardise, then L2 logistic regression with balanced classes (rare outcomes)."""
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float, source: str, task: str):
+        self.mean, self.scale, self.coef, self.intercept, self.source, self.task = mean, scale, coef, intercept, source, task
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, source: str, task: str, c: float = 0.1) -> "LinearHead":
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"task {task}: the training split has only one class ({int(y.sum())} positives of {len(y)})")
+        scaler = StandardScaler().fit(x)
+        lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(scaler.transform(x), y)
+        return cls(scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), source, task)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"task": self.task, "source": self.source, "mean": self.mean.tolist(),
+                                          "scale": self.scale.tolist(), "coef": self.coef.tolist(),
+                                          "intercept": self.intercept}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LinearHead":
+        d = json.loads(Path(path).read_text())
+        return cls(np.array(d["mean"]), np.array(d["scale"]), np.array(d["coef"]), d["intercept"], d["source"], d["task"])
+
+
+# ---------------------------------------------------------------------------------------- baseline
+def bag_of_codes(events: EhrEvents, samples: list[Sample], vocab: dict[str, int] | None = None):
+    """Counts of each code before each prediction time (TF-IDF weighted); `vocab` from the training split."""
+    from scipy.sparse import csr_matrix
+
+    rows, cols, vals = [], [], []
+    build = vocab is None
+    vocab = {} if vocab is None else vocab
+    for i, s in enumerate(samples):
+        a, b = events.span(s.subject_id, s.prediction_time)
+        codes, counts = np.unique(events.codes_text[a:b], return_counts=True)
+        for code, n in zip(codes, counts):
+            j = vocab.get(code)
+            if j is None and build:
+                j = vocab[code] = len(vocab)
+            if j is not None:
+                rows.append(i)
+                cols.append(j)
+                vals.append(np.log1p(n))
+    x = csr_matrix((vals, (rows, cols)), shape=(len(samples), max(len(vocab), 1)), dtype=np.float32)
+    return x, vocab
+
+
+class BagOfCodesBaseline:
+    def __init__(self, c: float = 0.1):
+        self.c = c
+
+    def fit(self, events: EhrEvents, samples: list[Sample], task: str) -> "BagOfCodesBaseline":
+        x, self.vocab = bag_of_codes(events, samples)
+        self.tfidf = TfidfTransformer().fit(x)
+        y = np.array([s.labels[task] for s in samples])
+        self.lr = LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000).fit(self.tfidf.transform(x), y)
+        return self
+
+    def predict(self, events: EhrEvents, samples: list[Sample]) -> np.ndarray:
+        x, _ = bag_of_codes(events, samples, self.vocab)
+        return self.lr.predict_proba(self.tfidf.transform(x))[:, 1]
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def binary_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | int | None]:
+    """AUROC, AUPRC, accuracy at 0.5, Brier, expected calibration error; None where undefined."""
+    out: dict[str, float | int | None] = {"n": int(len(y)), "positives": int(y.sum())}
+    both = 0 < y.sum() < len(y)
+    out["auroc"] = float(roc_auc_score(y, p)) if both else None
+    out["auprc"] = float(average_precision_score(y, p)) if both else None
+    out["accuracy"] = float(((p >= 0.5) == (y >= 0.5)).mean()) if len(y) else None
+    out["brier"] = float(brier_score_loss(y, p)) if len(y) else None
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    ece = sum(abs(p[idx == b].mean() - y[idx == b].mean()) * (idx == b).mean() for b in range(bins) if (idx == b).any())
+    out["ece"] = float(ece) if len(y) else None
+    return out
+
+
+def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[float], list[float]]:
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
+    mean_p = [float(p[idx == b].mean()) for b in range(bins) if (idx == b).any()]
+    frac = [float(y[idx == b].mean()) for b in range(bins) if (idx == b).any()]
+    return mean_p, frac
+
+
+def head_path(model_folder: Path, task: str, source: str = "fused") -> Path:
+    return model_folder.joinpath(*HEADS_DIR, f"{task}.{source}.json")

@@ -1,0 +1,225 @@
+"""The query engine behind `biomm query`, `m.query(...)` and the HTTP API.
+
+It opens an exported model over a cohort, embeds every subject as of its latest record, keeps a
+nearest-neighbour index, and answers one QueryRequest at a time with a QueryResponse that carries
+its evidence: modality attributions by occlusion, the top events before the prediction time, the
+image series used, and the most similar subjects."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from biomm.bundle import Embeddings, LoadedModel, load
+from biomm.data.datamodule import Sample
+from biomm.data.tasks import TaskDef, day_to_iso, load_tasks
+from biomm.heads.clinical import LinearHead, embed_samples, head_path
+from biomm.query.index import VectorIndex
+from biomm.query.schema import (
+    Evidence,
+    EventEvidence,
+    ModalityAttribution,
+    Neighbor,
+    QueryError,
+    QueryRequest,
+    QueryResponse,
+)
+from biomm.store.cohort import Cohort
+
+INDEX_DIR = "index"
+
+
+class QueryEngine:
+    """`QueryEngine(model_dir, cohort_dir).query(QueryRequest(...))`. Thread-safe; `refresh()` after an ingest."""
+
+    def __init__(self, model: str | Path | LoadedModel, cohort: str | Path, task_dirs: list[str | Path] | None = None,
+                 evidence_events: int = 8, evidence_neighbours: int = 5):
+        self.loaded = model if isinstance(model, LoadedModel) else load(model)
+        self.cohort = Path(cohort)
+        self.tasks: dict[str, TaskDef] = load_tasks(task_dirs)
+        self.model_name = self.loaded.config.name
+        self.n_events, self.n_neighbours = evidence_events, evidence_neighbours
+        self._lock = threading.RLock()
+        self.refresh()
+
+    # ------------------------------------------------------------------ state
+    def refresh(self) -> None:
+        """Re-read the cohort: new subjects become queryable, embeddings and the index are rebuilt."""
+        with self._lock:
+            self._qa = None  # rebuilt on the next question, over the refreshed cohort
+            self.dm = self.loaded.datamodule(self.cohort)
+            self.events = self.dm.collate.ehr if self.loaded.kind == "patients" else None
+            self.embeddings, self.indexes = self._load_or_embed()
+            with Cohort(self.cohort, create=False, read_only=True) as c:
+                self.displays = c.code_displays()
+
+    def _load_or_embed(self) -> tuple[Embeddings, dict[str, VectorIndex]]:
+        """What `biomm embed` saved, when it covers exactly the cohort's current subjects; else embed now."""
+        from biomm.query.embed import cohort_key
+
+        saved = self.cohort / "embeddings" / f"{self.loaded.config.name}.npz"
+        index_dir = self.loaded.folder / INDEX_DIR / cohort_key(self.cohort)
+        current = self._current_subjects()
+        if saved.exists() and (index_dir / "fused" / "index.json").exists():
+            emb = Embeddings.load(saved)
+            if set(emb.subject_ids) == current:
+                indexes = {p.name: VectorIndex.load(p) for p in index_dir.iterdir() if (p / "index.json").exists()}
+                if indexes.get("fused") is not None and indexes["fused"].ids == emb.subject_ids:
+                    return emb, indexes
+        emb = self.loaded.embed_batches(self.dm.loader("all"))
+        return emb, build_indexes(emb)
+
+    def _current_subjects(self) -> set[str]:
+        if self.loaded.kind == "patients":
+            return {s.subject_id for s in self.dm.samples["all"]}
+        return set(self.dm.subject_ids)
+
+    def richest_subject(self, prefer: str = "imaging") -> str:
+        """A subject with the most modalities present (one with `prefer` first): for demos."""
+        emb = self.embeddings
+        counts = sum(emb.present[m].astype(int) for m in emb.present)
+        bonus = emb.present[prefer].astype(int) if prefer in emb.present else 0
+        return emb.subject_ids[int(np.argmax(counts * 2 + bonus))]
+
+    @property
+    def subjects(self) -> list[str]:
+        return self.embeddings.subject_ids
+
+    def _subject(self, subject: str | None) -> str:
+        if not subject or subject not in self.indexes["fused"]._row:
+            raise QueryError(f"unknown subject {subject!r}: not in cohort {self.cohort.name} "
+                             f"({len(self.subjects)} subjects; ids look like {self.subjects[0] if self.subjects else 'n/a'})")
+        return subject
+
+    # ------------------------------------------------------------------ dispatch
+    def query(self, req: QueryRequest) -> QueryResponse:
+        with self._lock:
+            if req.kind == "task":
+                return self.task(req.subject, req.task)
+            if req.kind == "similar":
+                return self.similar(req.subject, req.k, req.modality)
+            if req.kind == "ask":
+                return self.ask(req.subject, req.question)
+            if req.kind == "annotate":
+                return self.annotate(req.cells, req.max_cells)
+            return self.perturb(req.gene)
+
+    def _needs(self, kind: str) -> None:
+        if kind != self.loaded.kind:
+            what = "a clinical (patients)" if kind == "patients" else "a virtual-cell (cells)"
+            raise QueryError(f"this model ({self.model_name}) is a {self.loaded.kind} model; that query needs {what} model")
+
+    # ------------------------------------------------------------------ evidence
+    def _events(self, subject: str, before: float | None) -> list[EventEvidence]:
+        if self.events is None or subject not in self.events:
+            return []
+        return [EventEvidence(code=e["code"], time=e["time"], value=e["value_z"], description=self.displays.get(e["code"]))
+                for e in self.events.top_events(subject, before, self.n_events)]
+
+    def _neighbours(self, subject: str, k: int, source: str = "fused") -> list[Neighbor]:
+        return [Neighbor(subject_id=s, score=round(score, 4)) for s, score in self.indexes[source].neighbours(subject, k)]
+
+    # ------------------------------------------------------------------ kinds
+    def task(self, subject: str | None, task_name: str | None) -> QueryResponse:
+        self._needs("patients")
+        subject = self._subject(subject)
+        if task_name not in self.tasks:
+            raise QueryError(f"unknown task {task_name!r}; known: {', '.join(sorted(self.tasks))}")
+        task = self.tasks[task_name]
+        path = head_path(self.loaded.folder, task.name)
+        if not path.exists():
+            raise QueryError(f"the model has no head for task {task.name}: fit it with "
+                             f"`biomm eval {self.loaded.folder} --cohort {self.cohort} --task {task.name}`")
+        head = LinearHead.load(path)
+        pt = self.events.last_time(subject) if self.events is not None and subject in self.events else None
+        sample = Sample(subject, pt)
+        batch = self.dm.collate([sample])
+        missing = [m for m in task.requires if m in batch.modalities and not bool(batch.modalities[m].present[0])]
+        evidence = Evidence(top_events=self._events(subject, pt),
+                            image_series=[s for s in batch.extras.get("imaging_series", []) if s],
+                            similar_subjects=self._neighbours(subject, self.n_neighbours))
+        if missing:
+            return QueryResponse(kind="task", subject_id=subject, model=self.model_name, evidence=evidence,
+                                 answer=f"{task.name}: cannot be predicted, the subject has no {', '.join(missing)}",
+                                 value=None, details={"task": task.name, "missing": missing},
+                                 warnings=[f"no {m} for this subject" for m in missing])
+        full = embed_samples(self.loaded.model, self.dm.collate, [sample])
+        p = float(head.predict(full.features(head.source))[0])
+        for m in self.loaded.modalities:
+            present = bool(full.present.get(m, np.zeros(1, bool))[0])
+            attribution = None
+            if present:
+                dropped = embed_samples(self.loaded.model, self.dm.collate, [sample], drop=m)
+                attribution = round(p - float(head.predict(dropped.features(head.source))[0]), 4)
+            evidence.modalities.append(ModalityAttribution(modality=m, present=present, attribution=attribution))
+        when = day_to_iso(pt) if pt is not None else "the latest record"
+        return QueryResponse(
+            kind="task", subject_id=subject, model=self.model_name, value=round(p, 4), evidence=evidence,
+            answer=f"{task.description.strip().split('.')[0]}: probability {p:.1%} (as of {when[:10]})",
+            details={"task": task.name, "prediction_time": when, "head": head.source})
+
+    def similar(self, subject: str | None, k: int, modality: str | None = None) -> QueryResponse:
+        subject = self._subject(subject)
+        source = modality or "fused"
+        if source not in self.indexes:
+            raise QueryError(f"no {source} embeddings; search by one of: {', '.join(sorted(self.indexes))}")
+        if subject not in self.indexes[source]._row:
+            raise QueryError(f"subject {subject} has no {source} data to search by")
+        neighbours = self._neighbours(subject, k, source)
+        labels = self._labels_of([n.subject_id for n in neighbours])
+        for n in neighbours:
+            n.label = labels.get(n.subject_id)
+        return QueryResponse(kind="similar", subject_id=subject, model=self.model_name, value=None,
+                             answer=f"{len(neighbours)} most similar subjects by {source} embedding",
+                             details={"by": source, "k": k}, evidence=Evidence(similar_subjects=neighbours))
+
+    def _labels_of(self, subjects: list[str]) -> dict[str, str]:
+        key = self.loaded.config.data.label_key
+        if key and key in self.embeddings.labels:
+            return self._cell_labels(subjects)
+        return {}
+
+    def _cell_labels(self, subjects: list[str]) -> dict[str, str]:
+        from biomm.heads import virtual_cell  # the virtual-cell head knows the label categories
+
+        return virtual_cell.label_names(self.loaded, self.embeddings, subjects)
+
+    def ask(self, subject: str | None, question: str | None) -> QueryResponse:
+        self._needs("patients")
+        subject = self._subject(subject)
+        if self._qa is None:
+            from biomm.heads.qa import QAService
+
+            self._qa = QAService(self.loaded, self.cohort)  # raises QueryError when the model has no QA head
+        resp = self._qa.answer(subject, question or "")
+        if resp.evidence is not None and not resp.evidence.similar_subjects:
+            resp.evidence.similar_subjects = self._neighbours(subject, self.n_neighbours)
+        return resp
+
+    def annotate(self, cells: str | None, max_cells: int) -> QueryResponse:
+        self._needs("cells")
+        from biomm.heads import virtual_cell
+
+        return virtual_cell.annotate_response(self, cells, max_cells)
+
+    def perturb(self, gene: str | None) -> QueryResponse:
+        self._needs("cells")
+        from biomm.heads import virtual_cell
+
+        return virtual_cell.perturb_response(self, gene)
+
+
+def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorIndex]:
+    """One index on the fused embedding (every subject) and one per modality (subjects that have it)."""
+    out = {"fused": VectorIndex(emb.fused, emb.subject_ids, backend)}
+    for m, vectors in emb.modalities.items():
+        rows = np.flatnonzero(emb.present[m])
+        if len(rows) >= 2:
+            out[m] = VectorIndex(vectors[rows], [emb.subject_ids[i] for i in rows], backend)
+    return out
+
+
+def response_schema() -> dict[str, Any]:
+    return QueryResponse.model_json_schema()

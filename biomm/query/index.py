@@ -1,0 +1,94 @@
+"""Nearest-neighbour index over embeddings: faiss where installed (IVF for large sets), with an
+exact numpy fallback that gives the same answers for the flat case."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+try:  # optional import, MONAI-style: biomm runs without faiss, only slower at scale
+    import faiss  # type: ignore
+except ImportError:  # pragma: no cover - exercised where faiss is absent
+    faiss = None
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class VectorIndex:
+    """Cosine-similarity search. `backend`: "faiss-flat" (exact), "faiss-ivf" (approximate,
+    for >= 50k vectors), "exact" (numpy) or "auto"."""
+
+    def __init__(self, vectors: np.ndarray, ids: list[str], backend: str = "auto", nprobe: int = 16):
+        if len(vectors) != len(ids):
+            raise ValueError(f"{len(vectors)} vectors for {len(ids)} ids")
+        self.ids = list(ids)
+        self.vectors = _normalise(vectors)
+        if backend == "auto":
+            backend = "exact" if faiss is None else ("faiss-ivf" if len(ids) >= 50_000 else "faiss-flat")
+        if backend.startswith("faiss") and faiss is None:
+            raise ImportError("faiss is not installed: use backend='exact'")
+        self.backend = backend
+        self._index = None
+        d = self.vectors.shape[1]
+        if backend == "faiss-flat":
+            self._index = faiss.IndexFlatIP(d)
+            self._index.add(self.vectors)
+        elif backend == "faiss-ivf":
+            nlist = int(max(16, min(4096, np.sqrt(len(ids)) * 4)))
+            quantizer = faiss.IndexFlatIP(d)
+            self._index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            train = self.vectors[rng.choice(len(ids), min(len(ids), nlist * 64), replace=False)]
+            self._index.train(train)
+            self._index.add(self.vectors)
+            self._index.nprobe = nprobe
+        self._row = {sid: i for i, sid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def vector(self, subject_id: str) -> np.ndarray:
+        return self.vectors[self._row[subject_id]]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, k], row indices [Q, k]) of the k most similar vectors per query."""
+        q = _normalise(np.atleast_2d(queries))
+        k = min(k, len(self.ids))
+        if self._index is not None:
+            return self._index.search(q, k)
+        sims = q @ self.vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(sims, top, 1).argsort(1)[:, ::-1]
+        rows = np.take_along_axis(top, order, 1)
+        return np.take_along_axis(sims, rows, 1), rows
+
+    def neighbours(self, subject_id: str, k: int) -> list[tuple[str, float]]:
+        """The k most similar other subjects."""
+        scores, rows = self.search(self.vector(subject_id)[None], k + 1)
+        out = [(self.ids[r], float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0 and self.ids[r] != subject_id]
+        return out[:k]
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "vectors.npy", self.vectors)
+        (folder / "index.json").write_text(json.dumps({"ids": self.ids, "backend": self.backend}))
+        if self._index is not None:
+            faiss.write_index(self._index, str(folder / "index.faiss"))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "VectorIndex":
+        folder = Path(folder)
+        meta = json.loads((folder / "index.json").read_text())
+        obj = cls.__new__(cls)
+        obj.ids, obj.backend = meta["ids"], meta["backend"]
+        obj.vectors = np.load(folder / "vectors.npy")
+        obj._index = faiss.read_index(str(folder / "index.faiss")) if (folder / "index.faiss").exists() and faiss else None
+        if obj._index is None:
+            obj.backend = "exact"
+        obj._row = {sid: i for i, sid in enumerate(obj.ids)}
+        return obj
