@@ -90,7 +90,7 @@ def test_perturbation_beats_mean_baseline_and_answers(cell_model, cell_cohort, t
     vc = VirtualCell.open(cell_model, cell_cohort)
     with pytest.raises(QueryError, match="no perturbation head"):
         vc.answer(QueryRequest(kind="perturb", gene=targets[0]))
-    pm = vc.fit_perturbation(path, vc.cfg.perturbation.model_copy(update={"group_key": "bulk_labels"}),
+    pm = vc.fit_perturbation(path, vc.cfg.perturbation.model_copy(update={"group_key": "bulk_labels", "steps": 300}),
                              holdout=targets[:2])
     assert set(pm.trained) == set(targets[2:])
     seen = pm.metrics["held_out"]["seen"]
@@ -108,7 +108,7 @@ def test_perturbation_beats_mean_baseline_and_answers(cell_model, cell_cohort, t
     assert unseen.warnings and not unseen.details["seen_in_training"]
 
 
-def test_bad_input_is_named(cell_model, cell_cohort, tmp_path, clinical_model_kind_check=None):
+def test_bad_input_is_named(cell_model, cell_cohort, tmp_path):
     vc = VirtualCell.open(cell_model, cell_cohort)
     with pytest.raises(QueryError, match="not found"):
         vc.cells(tmp_path / "missing.h5ad")
