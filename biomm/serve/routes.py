@@ -176,7 +176,7 @@ async def ingest(request: Request) -> IngestReport:
         try:
             form = await request.form(max_files=_state(request).config.max_ingest_files + 1, max_fields=10)
         except Exception as exc:  # malformed multipart: the parser's reason
-            raise HTTPException(400, detail=f"malformed multipart body: {exc}") from None
+            raise HTTPException(400, detail=f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
         uploads = [await f.read() for f in form.getlist("files") if hasattr(f, "read")]
         await form.close()
     else:

@@ -14,8 +14,12 @@ from tests.serve.helpers import FAST_DICOM, TASK, TOKENS
 
 @pytest.fixture(scope="session")
 def serve_model(clinical_cohort, tmp_path_factory) -> Path:
-    """The tiny clinical model trained for 6 steps, exported, with the death_1y head fitted (as `biomm eval` does)."""
+    """The tiny clinical model trained for 6 steps and exported, with the death_1y head fitted (as `biomm eval`
+    does) and a QA head trained for 20 steps (as `biomm qa train` does)."""
     from biomm.bundle import load
+    from biomm.config import load_config
+    from biomm.heads.qa import train_qa
+    from biomm.heads.qa_config import QAConfig
     from biomm.data.tasks import load_tasks
     from biomm.eval.clinical import evaluate_clinical
     from biomm.export import export
@@ -28,6 +32,7 @@ def serve_model(clinical_cohort, tmp_path_factory) -> Path:
     fit(cfg, clinical_cohort, tmp / "run", progress=False)
     export(tmp / "run", tmp / "model")
     evaluate_clinical(load(tmp / "model"), clinical_cohort, tmp / "eval", load_tasks(), names=[TASK])
+    train_qa(tmp / "model", clinical_cohort, load_config(QAConfig, "configs/qa/tiny.yaml", ["train.steps=20"]))
     return tmp / "model"
 
 
