@@ -137,6 +137,9 @@ SCHEMA_MODELS: dict[str, str] = {
     "sequence_ingest": "biomm.ingest.sequence:SequenceIngestConfig",
     "omics_loader": "biomm.data.omics_loader:OmicsLoaderConfig",
     "train": "biomm.train_config:TrainConfig",
+    "task": "biomm.data.tasks:TaskDef",
+    "query_request": "biomm.query.schema:QueryRequest",
+    "query_response": "biomm.query.schema:QueryResponse",
     "virtual_cell": "biomm.heads.virtual_cell:VirtualCellConfig",
     "qa": "biomm.heads.qa_config:QAConfig",
 }

@@ -141,7 +141,8 @@ def describe_samples(samples: list[Sample], task: str) -> dict:
 
 
 def day_to_iso(day: float) -> str:
-    return str(datetime(1970, 1, 1) + (np.timedelta64(int(day * 86_400e6), "us")).item())
+    """Days since the epoch -> ISO timestamp to the second (as `EhrEvents.top_events` writes times)."""
+    return (datetime(1970, 1, 1) + np.timedelta64(int(day * 86_400e6), "us").item()).isoformat(timespec="seconds")
 
 
 def task_from_yaml(text: str) -> TaskDef:

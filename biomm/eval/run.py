@@ -20,7 +20,7 @@ def run_eval(model: str | Path, cohort: str | Path, out: str | Path | None, task
 
         report = evaluate_clinical(loaded, cohort, out, load_tasks(task_dirs), tasks or None)
         return report, write_report(report, out, clinical_markdown(report))
-    from biomm.heads.virtual_cell import evaluate_cells, cells_markdown
+    from biomm.eval.cells import cells_markdown, evaluate_cells
 
     report = evaluate_cells(loaded, cohort, out)
     return report, write_report(report, out, cells_markdown(report))

@@ -108,7 +108,9 @@ def _register_cells(cohort: Cohort, cells: pd.DataFrame, label_keys: Sequence[st
         lab = pd.DataFrame({"subject_id": df["subject_id"], "name": key,
                             "value": cells[key].astype(str).to_numpy(), "source": source})
         cohort.con.register("biomm_labels", lab)
-        cohort.con.execute("INSERT OR REPLACE INTO labels SELECT subject_id, name, value, NULL, source FROM biomm_labels")
+        cohort.con.execute("DELETE FROM labels WHERE name = ? AND time IS NULL AND subject_id IN "
+                           "(SELECT subject_id FROM biomm_labels)", [key])
+        cohort.con.execute("INSERT INTO labels SELECT subject_id, name, value, NULL, source FROM biomm_labels")
         cohort.con.unregister("biomm_labels")
     return cohort.con.execute("SELECT count(*) FROM subjects").fetchall()[0][0] - before
 

@@ -13,6 +13,15 @@ def cohort_key(cohort: str | Path) -> str:
     return hashlib.sha256(str(Path(cohort).resolve()).encode()).hexdigest()[:12]
 
 
+def write_cell_embeddings(loaded, cohort: str | Path, emb) -> str:
+    """Fused cell embeddings back into the cohort's AnnData: obsm["X_biomm"] (rows matched by subject id)."""
+    from biomm.ingest.omics import write_back
+
+    h5ad = loaded.datamodule(cohort).h5ad
+    write_back(h5ad, emb.fused, key="X_biomm", cell_ids=emb.subject_ids)
+    return str(h5ad)
+
+
 def embed_cohort(model: str | Path, cohort: str | Path) -> dict[str, Any]:
     loaded = load(model)
     emb = loaded.embed(cohort)
@@ -28,7 +37,5 @@ def embed_cohort(model: str | Path, cohort: str | Path) -> dict[str, Any]:
     info: dict[str, Any] = {"subjects": len(emb.subject_ids), "embeddings": str(store), "index": str(index_dir),
                             "backend": indexes["fused"].backend, "indexes": sorted(indexes)}
     if loaded.kind == "cells":
-        from biomm.heads.virtual_cell import write_cell_embeddings
-
         info["anndata"] = write_cell_embeddings(loaded, cohort, emb)
     return info

@@ -48,7 +48,7 @@ class QueryEngine:
     def refresh(self) -> None:
         """Re-read the cohort: new subjects become queryable, embeddings and the index are rebuilt."""
         with self._lock:
-            self._qa = None  # rebuilt on the next question, over the refreshed cohort
+            self._qa = self._vc = None  # heads are reopened on the next question, over the refreshed cohort
             self.dm = self.loaded.datamodule(self.cohort)
             self.events = self.dm.collate.ehr if self.loaded.kind == "patients" else None
             self.embeddings, self.indexes = self._load_or_embed()
@@ -182,9 +182,25 @@ class QueryEngine:
         return {}
 
     def _cell_labels(self, subjects: list[str]) -> dict[str, str]:
-        from biomm.heads import virtual_cell  # the virtual-cell head knows the label categories
+        """The cells' own labels (the trained label column), by category name."""
+        from biomm.heads.annotation import label_prompts
 
-        return virtual_cell.label_names(self.loaded, self.embeddings, subjects)
+        key, categories, _ = label_prompts(self.loaded)
+        codes = self.embeddings.labels.get(key)
+        row = {s: i for i, s in enumerate(self.embeddings.subject_ids)}
+        out = {}
+        for s in subjects:
+            code = codes[row[s]] if codes is not None and s in row else float("nan")
+            if not np.isnan(code) and 0 <= int(code) < len(categories):
+                out[s] = categories[int(code)]
+        return out
+
+    def _virtual_cell(self):
+        if self._vc is None:
+            from biomm.heads.virtual_cell import VirtualCell
+
+            self._vc = VirtualCell(self.loaded, self.cohort)
+        return self._vc
 
     def ask(self, subject: str | None, question: str | None) -> QueryResponse:
         self._needs("patients")
@@ -200,15 +216,11 @@ class QueryEngine:
 
     def annotate(self, cells: str | None, max_cells: int) -> QueryResponse:
         self._needs("cells")
-        from biomm.heads import virtual_cell
-
-        return virtual_cell.annotate_response(self, cells, max_cells)
+        return self._virtual_cell().answer(QueryRequest(kind="annotate", cells=cells, max_cells=max_cells))
 
     def perturb(self, gene: str | None) -> QueryResponse:
         self._needs("cells")
-        from biomm.heads import virtual_cell
-
-        return virtual_cell.perturb_response(self, gene)
+        return self._virtual_cell().answer(QueryRequest(kind="perturb", gene=gene))
 
 
 def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorIndex]:
