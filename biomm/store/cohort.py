@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import duckdb
 
 from biomm.store import splits as split_lib
-from biomm.store.atomic import atomic_write_bytes, sha256_bytes
+from biomm.store.atomic import atomic_write_bytes, sha256_bytes, sha256_file
 from biomm.store.deid import Deidentifier, load_or_create_key
 
 MANIFEST = "cohort.duckdb"
@@ -246,9 +246,13 @@ class Cohort:
         folder = self.path("quarantine", qid)
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(0o700)  # raw input may hold identified data: only the owner reads it
-        stored = folder / (source_path.name if record is None else f"{source_path.name}.record.json")
+        # file names often carry patient names or ids: under de-identification the manifest and the
+        # stored copy are named by checksum; the raw bytes stay only inside this owner-only folder
+        label = self.source_label(source_path, sha256_file(source_path) if source_path.is_file() else digest)
+        name = "input" + "".join(source_path.suffixes[-2:]) if self.deid.enabled else source_path.name
+        stored = folder / (name if record is None else f"{name}.record.json")
         info = {
-            "quarantine_id": qid, "modality": modality, "source": str(source_path), "record": record,
+            "quarantine_id": qid, "modality": modality, "source": label, "record": record,
             "field": field, "reason": reason, "sha256": digest,
         }
         if not stored.exists():
@@ -256,7 +260,7 @@ class Cohort:
             atomic_write_bytes(folder / "reason.json", json.dumps(info, indent=2).encode())
         self.con.execute(
             "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [qid, modality, str(source_path), self.relative(stored), record, field, reason, _now()],
+            [qid, modality, label, self.relative(stored), record, field, reason, _now()],
         )
         return qid
 
