@@ -150,4 +150,7 @@ class OmicsAdapter(Adapter):
         return tensors["mask"] & (tensors["genes"] > 0)
 
     def mlm_targets(self, tensors):
-        return {"mask": tensors["mlm_mask"] & tensors["mask"], "target": tensors["values"].float()[..., None]}
+        values = tensors["values"].float()
+        if self.cfg.value_encoding == "binned":
+            values = values / self.cfg.n_bins  # bin indices -> [0, 1]: a regression target of unit scale
+        return {"mask": tensors["mlm_mask"] & tensors["mask"], "target": values[..., None]}
