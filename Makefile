@@ -20,6 +20,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/biomm run pipelines/demo.yaml
+	$(BIN)/biomm run pipelines/cells.yaml
 
 test: $(STAMP)
 	bash scripts/test.sh

@@ -133,7 +133,8 @@ def eval_step(ctx: PipelineContext, model: str, cohort: str, out: str | None = N
 
 @step("query")
 def query_step(ctx: PipelineContext, model: str, cohort: str, queries: list[dict]) -> dict:
-    """Answer each query (QueryRequest fields); `subject: "@first"` takes the first subject with all modalities."""
+    """Answer each query (QueryRequest fields); `subject: "@first"` takes a subject with every modality,
+    `gene: "@simulated"` a gene perturbed by this pipeline's simulate_perturbation step."""
     from biomm.query.engine import QueryEngine
     from biomm.query.schema import QueryRequest
 
@@ -143,6 +144,8 @@ def query_step(ctx: PipelineContext, model: str, cohort: str, queries: list[dict
         q = dict(q)
         if q.get("subject") == "@first":
             q["subject"] = engine.richest_subject()
+        if q.get("gene") == "@simulated":  # a gene knocked down in this pipeline's simulation (seen in training)
+            q["gene"] = ctx.results["simulate_perturbation"]["targets"][-1]
         resp = engine.query(QueryRequest(**q))
         out.rule(f"query: {q.get('kind')}")
         _print_response(resp)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import anndata as ad
@@ -14,8 +13,7 @@ from biomm.heads.cells import cohort_cells_file, embed_cells
 from biomm.heads.virtual_cell import VirtualCell
 from biomm.query.schema import QueryError, QueryRequest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from perturb_sim import simulate_knockdowns  # noqa: E402
+from biomm.heads.perturb_sim import simulate_knockdowns
 
 
 def test_annotation_embeds_omics_alone(cell_model, cell_cohort):

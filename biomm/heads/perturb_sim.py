@@ -1,4 +1,4 @@
-"""A Perturb-seq-shaped test set made from real cells: the ingested PBMCs, with CRISPRi-like
+"""A Perturb-seq-shaped data set made from real cells: the ingested PBMCs, with CRISPRi-like
 knock-downs applied in silico (no real Perturb-seq data ships with the project).
 
 A cell "perturbed" at gene g keeps 10% of its g expression; g's most correlated genes (measured on
