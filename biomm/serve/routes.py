@@ -23,7 +23,7 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 SubjectId = Annotated[str, PathParam(pattern=ID_PATTERN, description="Pseudonymous subject id")]
 Reader = Depends(require("reader"))
 Writer = Depends(require("writer"))
-AUTH_RESPONSES = {401: {"description": "Missing or wrong token"}, 403: {"description": "Role too weak"},
+AUTH_RESPONSES = {400: {"description": "Unreadable body"}, 401: {"description": "Missing or wrong token"}, 403: {"description": "Role too weak"},
                   413: {"description": "Body over the limit"}, 422: {"description": "Invalid request (reason given)"}}
 
 
