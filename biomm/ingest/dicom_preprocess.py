@@ -6,6 +6,7 @@ in [0, 1] unless intensity normalisation is off; `affine` 4x4 RAS after the tran
 `original_affine` 4x4 RAS of the decoded series; `spacing` (after transforms), `original_spacing`."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from pydantic import Field, model_validator
 
 from biomm.config import DeidConfig, StrictModel
 from biomm.ingest.dicom_intensity import WINDOW_PRESETS
-from biomm.store.atomic import atomic_path
+from biomm.store.atomic import atomic_write_bytes, sha256_bytes
 
 KEY = "image"
 
@@ -94,13 +95,28 @@ def build_transforms(cfg: DicomIngestConfig, rank: int):
     return Compose(ops), desc
 
 
+_TRANSFORMS: dict[tuple[str, int], tuple[Any, list[dict]]] = {}
+
+
+def _transforms(cfg: DicomIngestConfig, rank: int):
+    """`build_transforms`, built once per (config, rank) in a process: a worker reuses them for every series
+    (none of these transforms keeps state between calls)."""
+    key = (cfg.model_dump_json(include={"intensity", "preprocess"}), rank)
+    if key not in _TRANSFORMS:
+        if len(_TRANSFORMS) > 16:
+            _TRANSFORMS.clear()
+        _TRANSFORMS[key] = build_transforms(cfg, rank)
+    compose, desc = _TRANSFORMS[key]
+    return compose, [dict(d) for d in desc]
+
+
 def preprocess(array: np.ndarray, affine: np.ndarray, cfg: DicomIngestConfig) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Channel-first array + RAS affine -> transformed array, its affine, and the transforms applied."""
     import torch
     from monai.data import MetaTensor
 
     rank = array.ndim - 1
-    compose, desc = build_transforms(cfg, rank)
+    compose, desc = _transforms(cfg, rank)
     img = MetaTensor(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), affine=torch.as_tensor(affine))
     out = compose({KEY: img})[KEY]
     return out.detach().cpu().numpy(), np.asarray(out.affine, dtype=np.float64), desc
@@ -111,13 +127,17 @@ def spacing_of(affine: np.ndarray, rank: int) -> list[float]:
 
 
 def write_cache(path: Path, image: np.ndarray, affine: np.ndarray, original_affine: np.ndarray,
-                original_spacing: list[float], dtype: str) -> None:
-    """Atomic, compressed npz (np.savez_compressed to an open handle, so no suffix is appended)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(
-            fh, image=image.astype(dtype), affine=affine, original_affine=original_affine,
-            spacing=np.array(spacing_of(affine, image.ndim - 1)), original_spacing=np.array(original_spacing),
-        )
+                original_spacing: list[float], dtype: str) -> str:
+    """Atomic, compressed npz; returns its sha256. The archive is built in memory and hashed there, so
+    the file is not read back to checksum it."""
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, image=image.astype(dtype, copy=False), affine=affine, original_affine=original_affine,
+        spacing=np.array(spacing_of(affine, image.ndim - 1)), original_spacing=np.array(original_spacing),
+    )
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
 
 
 def load_cached(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Only headers are read here (pixel data deferred); decoding happens per series in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -97,10 +98,19 @@ def discover(sources: list[str | Path]) -> tuple[list[Path], list[Path]]:
     return unique, dirs
 
 
-def read_header(inst: Instance) -> Header:
-    """Read one header; IngestError (naming the store label, never the raw path) when it is not usable DICOM."""
+# The routing fields, plus the pixel data elements (their presence only: the values stay deferred).
+HEADER_TAGS = ["SeriesInstanceUID", "StudyInstanceUID", "PatientID", "SOPInstanceUID", "Modality",
+               "PixelData", "FloatPixelData", "DoubleFloatPixelData"]
+
+
+def read_header(inst: Instance, data: bytes | None = None) -> Header:
+    """Read one header; IngestError (naming the store label, never the raw path) when it is not usable DICOM.
+
+    `data`: the file's bytes when the caller already holds them (it hashed them), so the file is read once;
+    only the routing tags are converted (`specific_tags`), large values are left unread."""
     try:
-        ds = pydicom.dcmread(inst.path, defer_size="2 KB")
+        src = BytesIO(data) if data is not None else inst.path
+        ds = pydicom.dcmread(src, defer_size="2 KB", specific_tags=HEADER_TAGS)
     except InvalidDicomError:
         raise IngestError(inst.label, "not a DICOM file (no DICM preamble or file meta)") from None
     except Exception as exc:

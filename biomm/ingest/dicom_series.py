@@ -18,7 +18,7 @@ from biomm.ingest.dicom_geometry import GeometryError, Plane, series_geometry
 from biomm.ingest.dicom_intensity import check_decodable, decode
 from biomm.ingest.dicom_preprocess import DicomIngestConfig, preprocess, spacing_of, write_cache
 from biomm.ingest.dicom_reader import Instance
-from biomm.store.atomic import atomic_write_bytes, sha256_file
+from biomm.store.atomic import atomic_write_bytes
 from biomm.store.deid import Deidentifier
 
 
@@ -178,7 +178,7 @@ def _process(job: SeriesJob) -> dict[str, Any]:
     deidentify(ds, job.deid, job.subject_id, job.shift_days)
     study_date = str(ds.get("StudyDate", "") or "") or None
     cache = job.imaging_dir / f"{job.record_uid}.npz"
-    write_cache(cache, image, affine, geo.affine, list(geo.spacing[:rank]), cfg.preprocess.cache_dtype)
+    cache_sha256 = write_cache(cache, image, affine, geo.affine, list(geo.spacing[:rank]), cfg.preprocess.cache_dtype)
     header_rel = None
     if cfg.store_header:
         header = job.imaging_dir / f"{job.record_uid}.json"
@@ -187,7 +187,7 @@ def _process(job: SeriesJob) -> dict[str, Any]:
     return {
         "ok": True,
         "path": f"imaging/{cache.name}",
-        "checksum": sha256_file(cache),
+        "checksum": cache_sha256,
         "n_items": len(job.instances),
         "provenance": {
             "kind": kind,
