@@ -59,10 +59,17 @@ class AutoregressiveConfig(StrictModel):
     lm: LanguageModelConfig = LanguageModelConfig()
 
 
+class SupervisedConfig(StrictModel):
+    weight: float = Field(0.0, ge=0)
+    label: str | None = Field(None, description="Subject label to predict (binary 0/1; data.label_name supplies it)")
+    source: str = Field("fused", description="'fused' or a modality: the embedding the linear head reads")
+
+
 class ObjectivesConfig(StrictModel):
     contrastive: ContrastiveConfig = ContrastiveConfig()
     masked: MaskedConfig = MaskedConfig()
     autoregressive: AutoregressiveConfig = AutoregressiveConfig()
+    supervised: SupervisedConfig = SupervisedConfig()
 
 
 def default_adapters() -> dict[str, AdapterConfig]:

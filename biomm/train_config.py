@@ -28,6 +28,7 @@ class DataConfig(StrictModel):
     text_notes: int = Field(3, ge=1, description="Most recent notes joined into a patient's text")
     imaging_modalities: list[str] | None = Field(None, description="DICOM modalities used (e.g. [CR, DX]); default: all")
     label_key: str | None = Field(None, description="Cells: obs column whose label prompt ('a {label} cell') is the text")
+    label_name: str | None = Field(None, description="Patients: a cohort label (labels table) given to each sample, for supervised objectives")
     prompt: str = Field("a {label} cell", description="Cells: label prompt template")
     omics: OmicsLoaderConfig = OmicsLoaderConfig(batch_size=64, chunk_size=32, preload_chunks=8)
     val_fraction_min: int = Field(2, ge=1, description="A split with fewer subjects than this is an error")

@@ -122,7 +122,9 @@ class PatientDataModule(L.LightningDataModule):
         if self.given_samples is not None:
             self.samples = self.given_samples
         else:
-            self.samples = {s: [Sample(sid) for sid in subjects if sid in with_any] for s, subjects in splits.items()}
+            labels = self._labels()
+            self.samples = {s: [Sample(sid, labels=labels.get(sid, {})) for sid in subjects if sid in with_any]
+                            for s, subjects in splits.items()}
         if inference:
             self.samples["all"] = [s for split in ("train", "val", "test") for s in self.samples.get(split, [])]
         for split in () if inference else ("train", "val"):
@@ -143,6 +145,19 @@ class PatientDataModule(L.LightningDataModule):
             self.tokenizer = self._text_tokenizer(notes, set(train_ids), load_artifacts)
         self.collate = PatientCollator(self.cfg.modalities, self.cfg, ehr, images, notes, self.tokenizer)
         return self
+
+    def _labels(self) -> dict[str, dict[str, float]]:
+        """Each subject's latest value of `data.label_name` (subjects without one get none: masked out)."""
+        if not self.cfg.label_name:
+            return {}
+        with Cohort(self.root, create=False, read_only=True) as c:
+            rows = c.labels(self.cfg.label_name)
+        if not rows:
+            raise ConfigError(f"cohort {self.root} has no label {self.cfg.label_name!r} (data.label_name)")
+        out: dict[str, dict[str, float]] = {}
+        for sid, value, _ in rows:  # ordered by time: the latest wins
+            out[sid] = {self.cfg.label_name: float(value)}
+        return out
 
     def _ehr_vocab(self, train_ids: list[str], load: bool) -> EhrVocab:
         path = self.artifacts_dir / "ehr_vocab.json" if self.artifacts_dir else None

@@ -13,6 +13,11 @@ def run_eval(model: str | Path, cohort: str | Path, out: str | Path | None, task
 
     loaded = load(model)
     out = Path(out) if out else loaded.folder / "eval"
+    if loaded.kind == "patients" and loaded.config.model.objectives.supervised.weight > 0 and "ehr" not in loaded.modalities:
+        from biomm.eval.supervised import evaluate_supervised, supervised_markdown
+
+        report = evaluate_supervised(loaded, cohort, out)
+        return report, write_report(report, out, supervised_markdown(report))
     if loaded.kind == "patients":
         from biomm.data.tasks import load_tasks
         from biomm.eval.clinical import evaluate_clinical

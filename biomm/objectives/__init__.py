@@ -8,6 +8,7 @@ from torch import nn
 from biomm.objectives.autoregressive import Autoregressive, build_lm
 from biomm.objectives.contrastive import ContrastiveLoss
 from biomm.objectives.masked import MaskedModeling
+from biomm.objectives.supervised import SupervisedBinary
 from biomm.types import Batch, Outputs
 
 
@@ -59,6 +60,12 @@ def build_objectives(cfg, model) -> WeightedObjectives:
     if m.weight > 0:
         objs["masked"] = MaskedModeling(model.adapters, width, m.ratio, m.modalities)
         weights["masked"] = m.weight
+    sup = ocfg.supervised
+    if sup.weight > 0:
+        if not sup.label:
+            raise ValueError("objectives.supervised needs a label")
+        objs["supervised"] = SupervisedBinary(sup.label, sup.source, width)
+        weights["supervised"] = sup.weight
     a = ocfg.autoregressive
     if a.weight > 0:
         lm = build_lm(a.lm.kind, a.lm.pretrained, a.lm.preset, a.lm.vocab_size)

@@ -217,6 +217,12 @@ class Cohort:
                          [subject_id, name, time])
         self.con.execute("INSERT INTO labels VALUES (?, ?, ?, ?, ?)", [subject_id, name, str(value), time, source])
 
+    def set_split(self, subject_id: str, split: str) -> None:
+        """Override the hash split (e.g. to keep a public data set's official split)."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, not {split!r}")
+        self.con.execute("INSERT OR REPLACE INTO splits VALUES (?, ?)", [subject_id, split])
+
     def labels(self, name: str) -> list[tuple[str, str, datetime | None]]:
         return self.con.execute("SELECT subject_id, value, time FROM labels WHERE name = ? ORDER BY subject_id, time",
                                 [name]).fetchall()
