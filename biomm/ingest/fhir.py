@@ -12,8 +12,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biomm.config import FhirIngestConfig
@@ -222,6 +224,7 @@ class _Batch:
     def __init__(self, cohort: Cohort):
         self.cohort = cohort
         self.cols: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
+        self.shifts: list[int] = []  # date shift (days) of each event in cols, applied when the shard is written
         self.resources: dict[str, str] = {}
         self.imaging: list[dict] = []
         self.notes: list[tuple] = []  # (subject, time, kind, text, file checksum)
@@ -249,15 +252,22 @@ class _Batch:
         self.resources[p.key] = p.content
         sid, shift = self._subject(p.extracted.patient)
         delta = timedelta(days=shift)
+        events = p.extracted.events
+        n = len(events)
+        # times stay unshifted here: _write_shard shifts the whole column at once
         cols = self.cols
-        for t, code, num, text, unit in p.extracted.events:
-            cols["subject_id"].append(sid)
-            cols["time"].append(None if t is None else t + delta)
-            cols["code"].append(code)
-            cols["numeric_value"].append(num)
-            cols["text_value"].append(text)
-            cols["unit"].append(unit)
-        source.subject_events[sid] = source.subject_events.get(sid, 0) + len(p.extracted.events)
+        sids, tcol, codes, nums, texts, units = (cols["subject_id"], cols["time"], cols["code"], cols["numeric_value"],
+                                                 cols["text_value"], cols["unit"])
+        for t, code, num, text, unit in events:
+            sids.append(sid)
+            tcol.append(t)
+            codes.append(code)
+            nums.append(num)
+            texts.append(text)
+            units.append(unit)
+        if n:
+            self.shifts.extend([shift] * n)
+        source.subject_events[sid] = source.subject_events.get(sid, 0) + n
         if p.extracted.names:
             self.names.setdefault(sid, []).extend(p.extracted.names)
         for t, kind, text in p.extracted.notes:
@@ -277,7 +287,13 @@ class _Batch:
         return self.cohort.relative(target)
 
     def _write_shard(self) -> str:
-        return self._write(EVENTS_DIR, pa.table(self.cols, schema=EVENT_SCHEMA)) if self.cols["code"] else ""
+        if not self.cols["code"]:
+            return ""
+        # each event's date shift, applied to the whole time column at once (nulls stay null)
+        raw = pa.array(self.cols["time"], type=pa.timestamp("us"))
+        shift = pa.array(np.asarray(self.shifts, dtype=np.int64) * 86_400_000_000, type=pa.duration("us"))
+        columns = {**self.cols, "time": pc.add(raw, shift)}
+        return self._write(EVENTS_DIR, pa.table(columns, schema=EVENT_SCHEMA))
 
     def _write_notes(self) -> str:
         """Narrative text with the patient's own names scrubbed (free text is the riskiest PHI carrier)."""

@@ -93,6 +93,9 @@ class Extractor:
     def __init__(self, latest: datetime | None = None):
         self.displays: dict[str, str] = {}
         self.latest = latest or (datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(days=366))
+        # valid timestamps already parsed: resources of one encounter share them (observations of a
+        # panel, the encounter's period), so most are looked up rather than parsed again
+        self._times: dict[str, datetime] = {}
         self.by_type: dict[str, Callable[[dict, ResourceContext], Extracted]] = {
             "Patient": self.patient,
             "Encounter": self.encounter,
@@ -121,6 +124,18 @@ class Extractor:
         return self.by_type[ctx.rtype](res, ctx)
 
     # ------------------------------------------------------------------ helpers
+    def _parse(self, value, ctx: ResourceContext, fieldname: str) -> datetime:
+        """`parse_time`, remembering valid values (errors are raised afresh, naming this resource's field)."""
+        if isinstance(value, str):
+            hit = self._times.get(value)
+            if hit is not None:
+                return hit
+        t = parse_time(value, ctx, fieldname, self.latest)
+        if len(self._times) >= 200_000:
+            self._times.clear()
+        self._times[value] = t
+        return t
+
     def _time(self, res: dict, ctx: ResourceContext, choices: tuple[str, ...], required: bool = True) -> datetime | None:
         """The first present of several choice-type fields (`onset[x]`, `effective[x]`, ...)."""
         for name in choices:
@@ -129,9 +144,9 @@ class Extractor:
                 continue
             if isinstance(value, dict):  # Period / Age-less choice: use its start
                 if "start" in value:
-                    return parse_time(value["start"], ctx, f"{name}.start", self.latest)
+                    return self._parse(value["start"], ctx, f"{name}.start")
                 continue
-            return parse_time(value, ctx, name, self.latest)
+            return self._parse(value, ctx, name)
         if required:
             raise ctx.error(f"no time: none of {', '.join(choices)} is present", choices[0])
         return None
