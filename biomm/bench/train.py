@@ -49,11 +49,7 @@ def build_clinical_cohort(work: Path) -> Path:
 
 
 def build_cell_cohort(work: Path) -> Path:
-    """scanpy's pbmc68k_reduced (700 cells, 10 bulk labels) as a cell cohort.
-
-    Training reads `bulk_labels` from the ingested .h5ad's obs (kept whole), so the ingest registers no
-    label keys in the manifest's labels table: `ingest_omics(label_keys=[...])` fails at present
-    (`INSERT OR REPLACE INTO labels` on a table without a primary key since labels may repeat per time)."""
+    """scanpy's pbmc68k_reduced (700 cells, 10 bulk labels) as a cell cohort."""
     import scanpy as sc
 
     from biomm.ingest.omics import ingest_omics
@@ -64,7 +60,7 @@ def build_cell_cohort(work: Path) -> Path:
         return cohort
     path = work / "pbmc68k_reduced.h5ad"
     sc.datasets.pbmc68k_reduced().write_h5ad(path)
-    ingest_omics([path], cohort, label_keys=[], progress=False)
+    ingest_omics([path], cohort, label_keys=["bulk_labels"], progress=False)
     done.touch()
     return cohort
 
