@@ -86,6 +86,26 @@ class StepSampler(Sampler[list[int]]):
             yield batch[self.rank * self.local:(self.rank + 1) * self.local].tolist()
 
 
+class TimedLoader(DataLoader):
+    """A DataLoader that adds up how long each `next()` waits for a batch: the loader's share of a step,
+    without the trainer's own per-step work (logging, schedulers, checkpoints)."""
+
+    fetch_s = 0.0
+    batches = 0
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.fetch_s += time.perf_counter() - t0
+            self.batches += 1
+            yield batch
+
+
 class StepCells(torch.utils.data.IterableDataset):
     """Cell batches for global steps `start .. total`, epoch after epoch of the chunked loader."""
 
@@ -115,10 +135,10 @@ def train_loader(dm, cfg: TrainConfig, start_step: int, rank: int = 0, world: in
     start = start_step * cfg.trainer.accumulate_grad_batches
     if isinstance(dm, CellDataModule):
         base = dm.train_dataloader().dataset
-        return DataLoader(StepCells(base, total, start), batch_size=None, num_workers=dm.cfg.num_workers)
+        return TimedLoader(StepCells(base, total, start), batch_size=None, num_workers=dm.cfg.num_workers)
     sampler = StepSampler(len(dm.samples["train"]), cfg.data.batch_size, total, cfg.trainer.seed, start, rank, world)
-    return DataLoader(SampleDataset(dm.samples["train"]), batch_sampler=sampler, collate_fn=dm.collate,
-                      num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+    return TimedLoader(SampleDataset(dm.samples["train"]), batch_sampler=sampler, collate_fn=dm.collate,
+                       num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
 
 
 # ------------------------------------------------------------------------------ module
@@ -230,32 +250,31 @@ class _StepDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         t = self.trainer
-        return train_loader(self.dm, self.cfg, t.global_step if t else 0, t.global_rank if t else 0, t.world_size if t else 1)
+        self.loader = train_loader(self.dm, self.cfg, t.global_step if t else 0, t.global_rank if t else 0, t.world_size if t else 1)
+        return self.loader
 
     def val_dataloader(self):
         return self.dm.val_dataloader()
 
 
 class _Timing(Callback):
-    """Time per step spent waiting for data vs in compute (for `biomm bench train`)."""
+    """Time per step waiting for data (the TimedLoader's `next()`) against compute (the step itself)."""
 
-    def __init__(self) -> None:
-        self.data_s = self.compute_s = 0.0
-        self.steps = 0
-        self._t_end = None
-        self._t_start = None
+    def __init__(self, data: "_StepDataModule") -> None:
+        self.data = data
+        self.compute_s = 0.0
+        self._t_start = 0.0
+
+    @property
+    def data_s(self) -> float:
+        loader = getattr(self.data, "loader", None)
+        return loader.fetch_s if loader is not None else 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        now = time.perf_counter()
-        if self._t_end is not None:
-            self.data_s += now - self._t_end
-        self._t_start = now
+        self._t_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        now = time.perf_counter()
-        self.compute_s += now - self._t_start
-        self._t_end = now
-        self.steps += 1
+        self.compute_s += time.perf_counter() - self._t_start
 
 
 # ------------------------------------------------------------------------------ fit
@@ -321,7 +340,8 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
                 "val_subjects": len(getattr(dm, "samples", {}).get("val", [])) or len(getattr(dm, "rows", {}).get("val", []))}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     console.print(f"[bold]precision[/]: {precision} ({why})")
-    timing = _Timing()
+    step_data = _StepDataModule(dm, resolved)
+    timing = _Timing(step_data)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:06d}", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
                         save_last=True, save_top_k=1, monitor="step", mode="max", auto_insert_metric_name=False),
@@ -342,7 +362,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         use_distributed_sampler=False,  # StepSampler shards each global batch across ranks itself
     )
-    trainer.fit(module, datamodule=_StepDataModule(dm, resolved), ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=step_data, ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:
         module.model.save(out / "model")
         save_objectives(module.objectives, out / "model")

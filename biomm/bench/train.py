@@ -171,13 +171,15 @@ def run(steps: int = 30, warmup: int = 5, repeats: int = 2, threads: int = 1, wo
             "bf16_over_fp32_throughput": round(best["bf16"]["subjects_per_s"] / best["fp32"]["subjects_per_s"], 2),
             "all_subjects_per_s": {p: [round(r["subjects_per_s"], 1) for r in runs[(preset, p)]] for p in ("fp32", "bf16")},
             "default_num_workers": best["fp32"]["num_workers"],
-            "loader_fraction": {p: round(best[p]["loader_fraction"], 4) for p in ("fp32", "bf16")},
-            "loader_fraction_whole_run": {p: best[p]["fit_loader_fraction"] for p in ("fp32", "bf16")},
+            # the loader's own share: time in the train loader's next() over (that + step compute), whole run
+            "loader_fraction": {p: best[p]["fit_loader_fraction"] for p in ("fp32", "bf16")},
+            # the whole gap between steps (loader + Lightning's per-step logging, scheduler, checkpoint hooks)
+            "between_steps_fraction": {p: round(best[p]["loader_fraction"], 4) for p in ("fp32", "bf16")},
             "data_ms_per_step": {p: round(1000 * best[p]["data_s_per_step"], 2) for p in ("fp32", "bf16")},
             "compute_ms_per_step": {p: round(1000 * best[p]["compute_s_per_step"], 2) for p in ("fp32", "bf16")},
             "loader_alone_ms_per_step": round(1000 * min(r["loader_alone_s_per_step"] for rs in
                                                          (runs[(preset, "fp32")], runs[(preset, "bf16")]) for r in rs), 2),
-            "loader_under_target": all(best[p]["loader_fraction"] < 0.10 for p in ("fp32", "bf16")),
+            "loader_under_target": all(best[p]["fit_loader_fraction"] < 0.10 for p in ("fp32", "bf16")),
             "peak_rss_mib": {p: max(r["peak_rss_mib"] for r in runs[(preset, p)]) for p in ("fp32", "bf16")},
         }
     return {
