@@ -40,11 +40,14 @@ def test_similar_subjects(client, subjects, imaged_subject):
     assert by_image.details["by"] == "imaging" and len(by_image.evidence.similar_subjects) == 3
 
 
-def test_ask_a_question(client, imaged_subject):
-    got = QueryResponse.model_validate(_query(
-        client, {"kind": "ask", "subject": imaged_subject, "question": "What was the most recent diagnosis?"}))
-    assert got.kind == "ask" and got.subject_id == imaged_subject and got.answer
-    assert got.evidence is not None and (got.evidence.modalities or got.evidence.top_events)
+def test_ask_a_question(client, engine, imaged_subject):
+    body = {"kind": "ask", "subject": imaged_subject, "question": "What was the most recent diagnosis?"}
+    got = QueryResponse.model_validate(_query(client, body))
+    assert got == engine.query(QueryRequest(**body))
+    assert got.kind == "ask" and got.subject_id == imaged_subject and isinstance(got.answer, str)
+    present = [m for m in got.evidence.modalities if m.present]
+    assert {m.modality for m in present} >= {"ehr", "imaging"} and all(m.attribution is not None for m in present)
+    assert got.evidence.top_events
 
 
 @pytest.mark.parametrize("body", [{"kind": "annotate"}, {"kind": "perturb", "gene": "CD3E"}])

@@ -150,7 +150,7 @@ async function runQuery(body) {
 }
 
 function renderAnswer(r) {
-  $("answer-text").textContent = r.answer;
+  $("answer-text").textContent = r.answer || "(the model gave an empty answer)";
   $("answer-value").textContent = r.value == null ? `model ${r.model}` : `value ${r.value} · model ${r.model}`;
   $("answer-warnings").replaceChildren(...r.warnings.map((w) => el("li", {}, w)));
   const ev = r.evidence || { modalities: [], top_events: [], similar_subjects: [], image_series: [] };

@@ -1,0 +1,82 @@
+"""The page in headless Chromium (driven by playwright, the system browser): log in with a token, open a
+subject, see its timeline and images, run a task and ask a question, and see answers with evidence.
+Every request the page makes goes to the server itself. Screenshots go to the test's tmp folder."""
+from __future__ import annotations
+
+import subprocess
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.serve.helpers import READER, TASK
+
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def chromium(project_root) -> str:
+    try:
+        out = subprocess.run(["bash", str(project_root / "scripts" / "chromium.sh")], capture_output=True, text=True,
+                             timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot set up chromium: {exc}")
+    if out.returncode != 0:
+        pytest.skip(f"cannot set up chromium: {out.stderr.strip()[-300:]}")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_clinician_page(chromium, live_server, imaged_subject, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    host = urlparse(live_server).netloc
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        requested, errors = [], []
+        page.on("request", lambda r: requested.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(live_server + "/")
+        page.fill("#token", "wrong-token-000")
+        page.click("#login button")
+        expect(page.locator("#error")).to_contain_text("not accepted")
+        page.fill("#token", READER)
+        page.click("#login button")
+        expect(page.locator("#app")).to_be_visible()
+        expect(page.locator("#model-name")).to_contain_text("subjects")
+        page.click(f"button[data-subject='{imaged_subject}']")
+        expect(page.locator("#subject-id")).to_have_text(imaged_subject)
+        expect(page.locator("#modalities .chip[data-modality='imaging']")).to_be_visible()
+        expect(page.locator("#timeline-chart svg circle").first).to_be_attached()
+        assert page.locator("#events tbody tr").count() > 10
+        img = page.locator("#images img").first
+        expect(img).to_have_attribute("src", __import__("re").compile("^blob:"))
+        page.wait_for_function("() => { const i = document.querySelector('#images img'); return i && i.naturalWidth >= 256; }", polling=200)
+
+        page.select_option("#task-select", TASK)
+        page.click("#task-form button")
+        expect(page.locator("#answer-text")).to_contain_text("probability")
+        expect(page.locator("#attribution-svg rect.bar").first).to_be_attached()
+        assert page.locator("#top-events tbody tr").count() >= 1
+        assert page.locator("#similar-list li button").count() >= 1
+        task_shot = tmp_path / "page_task.png"
+        page.screenshot(path=str(task_shot), full_page=True)
+
+        page.fill("#question", "What was the most recent diagnosis?")
+        page.click("#ask-form button")
+        page.wait_for_function("() => { const t = document.querySelector('#answer-text').textContent;"
+                               " return (t && t !== '…') || document.querySelector('#error').textContent; }", polling=200)
+        assert not page.locator("#error").is_visible(), page.locator("#error").text_content()
+        assert page.locator("#answer-text").text_content().strip()
+        expect(page.locator("#attribution-svg rect.bar").first).to_be_attached()
+        assert page.locator("#top-events tbody tr").count() >= 1
+        shot = tmp_path / "page_ask.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert page.evaluate("() => localStorage.length") == 0
+        assert page.evaluate("() => sessionStorage.getItem('biomm-token')") == READER
+        browser.close()
+    print(f"\nscreenshots: {task_shot} {shot}")
+    assert not errors, errors
+    outside = [u for u in requested if urlparse(u).scheme in ("http", "https") and urlparse(u).netloc != host]
+    assert not outside, f"the page called other hosts: {outside[:5]}"
