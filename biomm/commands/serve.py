@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
+from biomm.cli import app, bench_app
 from biomm.commands._common import console
 
 
@@ -50,3 +50,24 @@ def serve_cmd(
     console.print(f"page: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
     logging.getLogger("biomm.serve").setLevel(log_level.upper())
     uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False)
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    model: Optional[Path] = typer.Option(None, "--model", help="Exported model (default: build the demo model and cohort)"),
+    cohort: Optional[Path] = typer.Option(None, "--cohort", help="Cohort folder (with --model)"),
+    seconds: float = typer.Option(30, "--seconds", min=1, max=300, help="Load duration (bounded)"),
+    clients: int = typer.Option(16, "--clients", min=1, max=64, help="Concurrent clients"),
+    index_size: int = typer.Option(100_000, "--index-size", min=1000, max=1_000_000, help="Subjects in the index comparison"),
+    server_threads: int = typer.Option(1, "--server-threads", min=1, help="OMP threads of the server process"),
+) -> None:
+    """Load test of `biomm serve` on loopback (task/question/similarity mix; p50/p95/p99, throughput, errors)
+    and the faiss index against an exact numpy scan at 100,000 subjects. Prints one JSON object."""
+    from biomm.bench.serve import run
+    from biomm.commands._common import dump_json, user_errors
+
+    if (model is None) != (cohort is None):
+        console.print("[red]error:[/] give both --model and --cohort, or neither (the demo is built)")
+        raise typer.Exit(2)
+    with user_errors():
+        dump_json(run(model, cohort, seconds, clients, index_size, server_threads))
