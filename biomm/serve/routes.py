@@ -65,6 +65,8 @@ def query(body: QueryRequest, request: Request) -> QueryResponse:
     engine = state.engine
     try:
         with state.swap.read():
+            if body.kind == "similar":  # an index lookup: it need not queue behind model inference
+                return engine.similar(body.subject, body.k, body.modality)
             return engine.query(body)
     except QueryError as exc:
         raise HTTPException(422, detail=str(exc)) from None
