@@ -12,6 +12,17 @@ PROJECT = Path(__file__).resolve().parents[1]
 DATA = PROJECT / "biomm" / "resources" / "data"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests use tiny models, which run fastest on one thread (and do not fight each other for cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return PROJECT

@@ -92,7 +92,23 @@ class PatientCollator:
         return Batch(mods, sids, labels, extras)
 
 
-class PatientDataModule(L.LightningDataModule):
+class _SplitLoaders(L.LightningDataModule):
+    """Lightning's loaders by split, from the subclass's `_loader(split, shuffle)`."""
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def loader(self, split: str) -> DataLoader:
+        return self._loader(split, False)
+
+
+class PatientDataModule(_SplitLoaders):
     """Patients of a cohort: EHR events, imaging series and notes, by split."""
 
     def __init__(self, cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None,
@@ -196,17 +212,6 @@ class PatientDataModule(L.LightningDataModule):
                           collate_fn=self.collate, num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0, drop_last=False)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def loader(self, split: str) -> DataLoader:
-        return self._loader(split, False)
 
 
 class CellBatches(torch.utils.data.IterableDataset):
@@ -237,7 +242,7 @@ class CellBatches(torch.utils.data.IterableDataset):
             yield Batch(mods, list(b.get("subject_ids") or b["cell_ids"]), labels, {"cell_ids": b["cell_ids"]})
 
 
-class CellDataModule(L.LightningDataModule):
+class CellDataModule(_SplitLoaders):
     """Cells of a cohort's omics file, split by the manifest's subject splits."""
 
     def __init__(self, cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None):
@@ -314,17 +319,6 @@ class CellDataModule(L.LightningDataModule):
         ds = CellBatches(cells, self.cfg.modalities, self.cfg.label_key, self.prompt_tokens)
         return DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def loader(self, split: str) -> DataLoader:
-        return self._loader(split, False)
 
 
 def build_datamodule(cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None):
