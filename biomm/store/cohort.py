@@ -29,7 +29,7 @@ from biomm.store.atomic import atomic_write_bytes, sha256_bytes, sha256_file
 from biomm.store.deid import Deidentifier, load_or_create_key
 
 MANIFEST = "cohort.duckdb"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _DDL = [
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
@@ -88,18 +88,21 @@ class Cohort:
                 raise CohortError(f"no cohort at {self.root} (missing {MANIFEST})")
             self.root.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(manifest), read_only=read_only)
-        if not read_only:
-            for ddl in _DDL:
-                self.con.execute(ddl)
-        stored = self.get_meta("deid")
+        meta = self._read_meta()
+        if not read_only and meta.get("schema_version") != SCHEMA_VERSION:
+            with self.transaction():  # new cohort, or one from an older biomm: create what is missing
+                for ddl in _DDL:
+                    self.con.execute(ddl)
+                self.set_meta("schema_version", SCHEMA_VERSION)
+        stored = meta.get("deid")
         if stored is None:
             if read_only:
                 raise CohortError(f"cohort {self.root} has no manifest metadata")
             enabled = True if deid is None else deid
-            self.set_meta("deid", "on" if enabled else "off")
-            self.set_meta("schema_version", SCHEMA_VERSION)
-            self.set_meta("created_at", _now().isoformat())
-            self.set_meta("max_shift_days", str(max_shift_days))
+            with self.transaction():
+                self.set_meta("deid", "on" if enabled else "off")
+                self.set_meta("created_at", _now().isoformat())
+                self.set_meta("max_shift_days", str(max_shift_days))
         else:
             enabled = stored == "on"
             if deid is not None and deid != enabled:
@@ -107,7 +110,7 @@ class Cohort:
                     f"cohort {self.root} was created with de-identification {'on' if enabled else 'off'}; "
                     f"a run with it {'on' if deid else 'off'} would mix identified and pseudonymous data"
                 )
-            max_shift_days = int(self.get_meta("max_shift_days") or max_shift_days)
+            max_shift_days = int(meta.get("max_shift_days") or max_shift_days)
         key = load_or_create_key(self.root, deid_key) if enabled else b"\x00" * 32
         self.deid = Deidentifier(key=key, enabled=enabled, max_shift_days=max_shift_days)
 
@@ -134,6 +137,13 @@ class Cohort:
             self.con.execute("COMMIT")
 
     # ------------------------------------------------------------------ meta
+    def _read_meta(self) -> dict[str, str]:
+        """All of the meta table in one query; empty for a new manifest."""
+        try:
+            return dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+        except duckdb.CatalogException:
+            return {}
+
     def get_meta(self, key: str) -> str | None:
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
