@@ -29,7 +29,11 @@ def embed_cmd(
 
 
 def _print_response(resp) -> None:
-    out.print(f"[bold]{resp.answer}[/]", soft_wrap=True)
+    if resp.kind == "ask" and resp.details.get("question"):
+        out.print(f"Q: {resp.details['question']}", soft_wrap=True)
+        out.print(f"[bold]A: {resp.answer}[/]", soft_wrap=True)
+    else:
+        out.print(f"[bold]{resp.answer}[/]", soft_wrap=True)
     if resp.warnings:
         for w in resp.warnings:
             out.print(f"[yellow]warning:[/] {w}")

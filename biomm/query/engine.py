@@ -29,6 +29,7 @@ from biomm.query.schema import (
 from biomm.store.cohort import Cohort
 
 INDEX_DIR = "index"
+BUILTIN_DISPLAYS = {"MEDS_BIRTH": "Birth", "MEDS_DEATH": "Death"}
 
 
 class QueryEngine:
@@ -53,7 +54,7 @@ class QueryEngine:
             self.events = self.dm.collate.ehr if self.loaded.kind == "patients" else None
             self.embeddings, self.indexes = self._load_or_embed()
             with Cohort(self.cohort, create=False, read_only=True) as c:
-                self.displays = c.code_displays()
+                self.displays = {**BUILTIN_DISPLAYS, **c.code_displays()}
 
     def _load_or_embed(self) -> tuple[Embeddings, dict[str, VectorIndex]]:
         """What `biomm embed` saved, when it covers exactly the cohort's current subjects; else embed now."""
@@ -77,11 +78,20 @@ class QueryEngine:
         return set(self.dm.subject_ids)
 
     def richest_subject(self, prefer: str = "imaging") -> str:
-        """A subject with the most modalities present (one with `prefer` first): for demos."""
+        """A living subject with the most modalities present (one with `prefer` first): for demos."""
         emb = self.embeddings
         counts = sum(emb.present[m].astype(int) for m in emb.present)
         bonus = emb.present[prefer].astype(int) if prefer in emb.present else 0
-        return emb.subject_ids[int(np.argmax(counts * 2 + bonus))]
+        alive = np.array([not self._died(s) for s in emb.subject_ids], dtype=int)
+        return emb.subject_ids[int(np.argmax(counts * 2 + bonus + 10 * alive))]
+
+    def _died(self, subject: str) -> str | None:
+        """The date of death when the subject's record ends with one."""
+        if self.events is None or subject not in self.events:
+            return None
+        s, e = self.events.subjects[subject]
+        hit = np.flatnonzero(self.events.codes_text[s:e] == "MEDS_DEATH")
+        return day_to_iso(float(self.events.times[s + hit[0]]))[:10] if len(hit) else None
 
     @property
     def subjects(self) -> list[str]:
@@ -155,10 +165,12 @@ class QueryEngine:
                 attribution = round(p - float(head.predict(dropped.features(head.source))[0]), 4)
             evidence.modalities.append(ModalityAttribution(modality=m, present=present, attribution=attribution))
         when = day_to_iso(pt) if pt is not None else "the latest record"
+        died = self._died(subject)
         return QueryResponse(
             kind="task", subject_id=subject, model=self.model_name, value=round(p, 4), evidence=evidence,
             answer=f"{task.description.strip().split('.')[0]}: probability {p:.1%} (as of {when[:10]})",
-            details={"task": task.name, "prediction_time": when, "head": head.source})
+            details={"task": task.name, "prediction_time": when, "head": head.source},
+            warnings=[f"the record ends with death on {died}: the prediction is as of that date"] if died else [])
 
     def similar(self, subject: str | None, k: int, modality: str | None = None) -> QueryResponse:
         subject = self._subject(subject)
@@ -210,6 +222,7 @@ class QueryEngine:
 
             self._qa = QAService(self.loaded, self.cohort)  # raises QueryError when the model has no QA head
         resp = self._qa.answer(subject, question or "")
+        resp.details.setdefault("question", question)
         if resp.evidence is not None and not resp.evidence.similar_subjects:
             resp.evidence.similar_subjects = self._neighbours(subject, self.n_neighbours)
         return resp
@@ -224,12 +237,13 @@ class QueryEngine:
 
 
 def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorIndex]:
-    """One index on the fused embedding (every subject) and one per modality (subjects that have it)."""
-    out = {"fused": VectorIndex(emb.fused, emb.subject_ids, backend)}
+    """One index on the fused embedding (every subject) and one per modality (subjects that have it),
+    each centered on its cohort's mean (see VectorIndex)."""
+    out = {"fused": VectorIndex(emb.fused, emb.subject_ids, backend, center=True)}
     for m, vectors in emb.modalities.items():
         rows = np.flatnonzero(emb.present[m])
         if len(rows) >= 2:
-            out[m] = VectorIndex(vectors[rows], [emb.subject_ids[i] for i in rows], backend)
+            out[m] = VectorIndex(vectors[rows], [emb.subject_ids[i] for i in rows], backend, center=True)
     return out
 
 

@@ -20,13 +20,18 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 class VectorIndex:
     """Cosine-similarity search. `backend`: "faiss-flat" (exact), "faiss-ivf" (approximate,
-    for >= 50k vectors), "exact" (numpy) or "auto"."""
+    for >= 50k vectors), "exact" (numpy) or "auto". With `center`, vectors are compared after
+    removing the set's mean: learned embeddings share a large common direction that otherwise
+    makes every pair look alike (all cosines near 1)."""
 
-    def __init__(self, vectors: np.ndarray, ids: list[str], backend: str = "auto", nprobe: int = 16):
+    def __init__(self, vectors: np.ndarray, ids: list[str], backend: str = "auto", nprobe: int = 16,
+                 center: bool = False):
         if len(vectors) != len(ids):
             raise ValueError(f"{len(vectors)} vectors for {len(ids)} ids")
         self.ids = list(ids)
-        self.vectors = _normalise(vectors)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        self.mean = vectors.mean(0) if center and len(vectors) > 1 else np.zeros(vectors.shape[1], np.float32)
+        self.vectors = _normalise(vectors - self.mean)
         if backend == "auto":
             backend = "exact" if faiss is None else ("faiss-ivf" if len(ids) >= 50_000 else "faiss-flat")
         if backend.startswith("faiss") and faiss is None:
@@ -56,7 +61,7 @@ class VectorIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores [Q, k], row indices [Q, k]) of the k most similar vectors per query."""
-        q = _normalise(np.atleast_2d(queries))
+        q = _normalise(np.atleast_2d(queries))  # stored rows and `vector()` are centered already
         k = min(k, len(self.ids))
         if self._index is not None:
             return self._index.search(q, k)
@@ -72,10 +77,15 @@ class VectorIndex:
         out = [(self.ids[r], float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0 and self.ids[r] != subject_id]
         return out[:k]
 
+    def query_vector(self, raw: np.ndarray) -> np.ndarray:
+        """A new embedding in this index's space (centered like the stored ones)."""
+        return np.asarray(raw, dtype=np.float32) - self.mean
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors)
+        np.save(folder / "mean.npy", self.mean)
         (folder / "index.json").write_text(json.dumps({"ids": self.ids, "backend": self.backend}))
         if self._index is not None:
             faiss.write_index(self._index, str(folder / "index.faiss"))
@@ -87,6 +97,7 @@ class VectorIndex:
         obj = cls.__new__(cls)
         obj.ids, obj.backend = meta["ids"], meta["backend"]
         obj.vectors = np.load(folder / "vectors.npy")
+        obj.mean = np.load(folder / "mean.npy") if (folder / "mean.npy").exists() else np.zeros(obj.vectors.shape[1], np.float32)
         obj._index = faiss.read_index(str(folder / "index.faiss")) if (folder / "index.faiss").exists() and faiss else None
         if obj._index is None:
             obj.backend = "exact"
