@@ -53,6 +53,17 @@ def _drop(batch: Batch, modality: str) -> Batch:
 
 
 @torch.no_grad()
+def embed_batch(model, batch: Batch) -> SampleEmbeddings:
+    """One batch's embeddings (its samples are not kept)."""
+    out = model(batch)
+    n = batch.size
+    mods = {m: (out.pooled[m].float().numpy() if m in out.pooled else np.zeros((n, model.config.d), np.float32))
+            for m in batch.modalities}
+    present = {m: out.present[m].numpy() if m in out.present else np.zeros(n, dtype=bool) for m in batch.modalities}
+    return SampleEmbeddings([], out.fused.float().numpy(), mods, present)
+
+
+@torch.no_grad()
 def embed_samples(model, collate, samples: list[Sample], batch_size: int = 64,
                   drop: str | None = None) -> SampleEmbeddings:
     """Embed samples at their prediction times (only data before each time is seen)."""

@@ -6,6 +6,7 @@ its evidence: modality attributions by occlusion, the top events before the pred
 image series used, and the most similar subjects."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from biomm.bundle import Embeddings, LoadedModel, load
 from biomm.data.datamodule import Sample
 from biomm.data.tasks import TaskDef, day_to_iso, load_tasks
-from biomm.heads.clinical import LinearHead, embed_samples, head_path
+from biomm.heads.clinical import LinearHead, embed_batch, head_path
 from biomm.query.index import VectorIndex
 from biomm.query.schema import (
     Evidence,
@@ -42,13 +43,15 @@ class QueryEngine:
         self.tasks: dict[str, TaskDef] = load_tasks(task_dirs)
         self.model_name = self.loaded.config.name
         self.n_events, self.n_neighbours = evidence_events, evidence_neighbours
-        self._lock = threading.RLock()
+        self._lock = ReadWriteLock()
         self.refresh()
 
     # ------------------------------------------------------------------ state
     def refresh(self) -> None:
         """Re-read the cohort: new subjects become queryable, embeddings and the index are rebuilt."""
-        with self._lock:
+        with self._lock.write():
+            self._cache: dict = {}
+            self._heads: dict[str, LinearHead] = {}
             self._qa = self._vc = None  # heads are reopened on the next question, over the refreshed cohort
             self.dm = self.loaded.datamodule(self.cohort)
             self.events = self.dm.collate.ehr if self.loaded.kind == "patients" else None
@@ -83,7 +86,7 @@ class QueryEngine:
         counts = sum(emb.present[m].astype(int) for m in emb.present)
         bonus = emb.present[prefer].astype(int) if prefer in emb.present else 0
         alive = np.array([not self._died(s) for s in emb.subject_ids], dtype=int)
-        return emb.subject_ids[int(np.argmax(counts * 2 + bonus + 10 * alive))]
+        return emb.subject_ids[int(np.argmax(counts * 4 + bonus * 2 + alive))]
 
     def _died(self, subject: str) -> str | None:
         """The date of death when the subject's record ends with one."""
@@ -105,7 +108,8 @@ class QueryEngine:
 
     # ------------------------------------------------------------------ dispatch
     def query(self, req: QueryRequest) -> QueryResponse:
-        with self._lock:
+        """Queries run concurrently (inference only reads); a refresh waits for them and blocks new ones."""
+        with self._lock.read():
             if req.kind == "task":
                 return self.task(req.subject, req.task)
             if req.kind == "similar":
@@ -142,35 +146,59 @@ class QueryEngine:
         if not path.exists():
             raise QueryError(f"the model has no head for task {task.name}: fit it with "
                              f"`biomm eval {self.loaded.folder} --cohort {self.cohort} --task {task.name}`")
-        head = LinearHead.load(path)
-        pt = self.events.last_time(subject) if self.events is not None and subject in self.events else None
-        sample = Sample(subject, pt)
-        batch = self.dm.collate([sample])
-        missing = [m for m in task.requires if m in batch.modalities and not bool(batch.modalities[m].present[0])]
-        evidence = Evidence(top_events=self._events(subject, pt),
-                            image_series=[s for s in batch.extras.get("imaging_series", []) if s],
-                            similar_subjects=self._neighbours(subject, self.n_neighbours))
+        head = self._head(path)
+        pt, why_not = latest_prediction_time(task, self.events, subject)
+        evidence = Evidence(top_events=self._events(subject, pt), similar_subjects=self._neighbours(subject, self.n_neighbours))
+        if pt is None:
+            return QueryResponse(kind="task", subject_id=subject, model=self.model_name, evidence=evidence, value=None,
+                                 answer=f"{task.name}: no prediction, {why_not}", details={"task": task.name},
+                                 warnings=[why_not])
+        emb, series = self._occlusion(subject, pt)
+        evidence.image_series = [series] if series else []
+        missing = [m for m in task.requires if not bool(emb.present.get(m, np.zeros(1, bool))[0])]
         if missing:
             return QueryResponse(kind="task", subject_id=subject, model=self.model_name, evidence=evidence,
                                  answer=f"{task.name}: cannot be predicted, the subject has no {', '.join(missing)}",
                                  value=None, details={"task": task.name, "missing": missing},
                                  warnings=[f"no {m} for this subject" for m in missing])
-        full = embed_samples(self.loaded.model, self.dm.collate, [sample])
-        p = float(head.predict(full.features(head.source))[0])
-        for m in self.loaded.modalities:
-            present = bool(full.present.get(m, np.zeros(1, bool))[0])
-            attribution = None
-            if present:
-                dropped = embed_samples(self.loaded.model, self.dm.collate, [sample], drop=m)
-                attribution = round(p - float(head.predict(dropped.features(head.source))[0]), 4)
-            evidence.modalities.append(ModalityAttribution(modality=m, present=present, attribution=attribution))
-        when = day_to_iso(pt) if pt is not None else "the latest record"
-        died = self._died(subject)
+        probs = head.predict(emb.features(head.source))  # row 0: everything; row i: modality i-1 left out
+        p = float(probs[0])
+        for i, m in enumerate(self.loaded.modalities, 1):
+            present = bool(emb.present[m][0]) if m in emb.present else False
+            evidence.modalities.append(ModalityAttribution(
+                modality=m, present=present, attribution=round(p - float(probs[i]), 4) if present else None))
+        when = day_to_iso(pt)
         return QueryResponse(
             kind="task", subject_id=subject, model=self.model_name, value=round(p, 4), evidence=evidence,
             answer=f"{task.description.strip().split('.')[0]}: probability {p:.1%} (as of {when[:10]})",
-            details={"task": task.name, "prediction_time": when, "head": head.source},
-            warnings=[f"the record ends with death on {died}: the prediction is as of that date"] if died else [])
+            details={"task": task.name, "prediction_time": when, "head": head.source,
+                     "prediction_time_rule": f"the latest of {', '.join(task.prediction_time.anchor_codes)} "
+                                             "before the outcome"})
+
+    def _head(self, path: Path) -> LinearHead:
+        key = str(path)
+        if key not in self._heads:
+            self._heads[key] = LinearHead.load(path)
+        return self._heads[key]
+
+    def _occlusion(self, subject: str, pt: float):
+        """Embeddings of the subject at `pt` with everything, then with each modality left out: one
+        forward pass of M + 1 rows, cached until the next refresh (the cohort does not change in between)."""
+        key = (subject, round(pt, 6))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        mods = self.loaded.modalities
+        batch = self.dm.collate([Sample(subject, pt)] * (len(mods) + 1))
+        for i, m in enumerate(mods, 1):
+            if m in batch.modalities:
+                batch.modalities[m].present[i] = False
+        emb = embed_batch(self.loaded.model, batch)
+        series = (batch.extras.get("imaging_series") or [None])[0]
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = (emb, series)
+        return emb, series
 
     def similar(self, subject: str | None, k: int, modality: str | None = None) -> QueryResponse:
         subject = self._subject(subject)
@@ -234,6 +262,67 @@ class QueryEngine:
     def perturb(self, gene: str | None) -> QueryResponse:
         self._needs("cells")
         return self._virtual_cell().answer(QueryRequest(kind="perturb", gene=gene))
+
+
+class ReadWriteLock:
+    """Many readers or one writer (queries read the engine's state; refresh replaces it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def read(self):
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self):
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def latest_prediction_time(task: TaskDef, events, subject: str) -> tuple[float | None, str]:
+    """The task's own prediction time for a query about now: the latest anchor event that has enough
+    history and comes before any outcome (for onset tasks) — never the outcome itself."""
+    if events is None or subject not in events:
+        return None, "the subject has no events"
+    s, e = events.subjects[subject]
+    codes, times = events.codes_text[s:e], events.times[s:e]
+    anchors = times[_match(codes, task.prediction_time.anchor_codes)]
+    anchors = anchors[anchors - times[0] >= task.prediction_time.min_history_days]
+    if task.label.kind == "code_within" and task.label.codes:
+        outcome = times[_match(codes, task.label.codes)]
+        if len(outcome):
+            anchors = anchors[anchors < outcome.min()]
+            if not len(anchors):
+                return None, f"the outcome is already on record ({day_to_iso(float(outcome.min()))[:10]})"
+    if not len(anchors):
+        return None, f"no {', '.join(task.prediction_time.anchor_codes)} event with enough history to predict from"
+    return float(anchors.max()), ""
+
+
+def _match(codes: np.ndarray, patterns: list[str]) -> np.ndarray:
+    from biomm.data.tasks import _matcher
+
+    return _matcher(patterns)(codes)
 
 
 def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorIndex]:

@@ -51,9 +51,14 @@ def test_task_query_has_probability_and_evidence(engine):
     ev = resp.evidence
     assert {m.modality for m in ev.modalities} == {"ehr", "imaging", "text"}
     assert all(m.attribution is not None for m in ev.modalities if m.present)
-    assert ev.top_events and ev.image_series and len(ev.similar_subjects) == 5
+    assert ev.top_events and len(ev.similar_subjects) == 5
+    imaging = next(m for m in ev.modalities if m.modality == "imaging")
+    assert bool(ev.image_series) == imaging.present  # the series named is the one the model saw
     pt = resp.details["prediction_time"]
     assert all(e.time <= pt for e in ev.top_events)
+    # the prediction time comes from the task (a wellness visit), never the outcome itself
+    assert all(e.code != "MEDS_DEATH" for e in ev.top_events)
+    assert any(e.code == "SNOMED/185349003" and e.time == pt for e in ev.top_events)
     QueryResponse.model_validate_json(resp.model_dump_json())
 
 

@@ -24,7 +24,9 @@ def test_task_answer_with_evidence(client, engine, imaged_subject):
     assert got == engine.query(QueryRequest(**body))  # the engine's answer, unchanged by HTTP
     assert got.kind == "task" and got.subject_id == imaged_subject and 0.0 <= got.value <= 1.0
     mods = {m.modality: m for m in got.evidence.modalities}
-    assert mods["imaging"].present and mods["imaging"].attribution is not None
+    # the image counts only when taken by the task's prediction time (the series named is the one used)
+    assert mods["imaging"].present == bool(got.evidence.image_series)
+    assert all((m.attribution is not None) == m.present for m in mods.values())
     assert got.evidence.top_events and got.evidence.similar_subjects
 
 
