@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from biomm.config import ConfigError
-from biomm.data.ehr import EhrEvents, EhrVocab, event_shards
+from biomm.data.ehr import UNK, EhrEvents, EhrVocab, event_shards
 from biomm.data.imaging import SubjectImages
 from biomm.data.omics_loader import CellChunkDataset
 from biomm.data.text import SubjectNotes, build_text_tokenizer, encode_texts, load_text_tokenizer
@@ -59,6 +59,20 @@ def check_modalities(wanted: list[str], available: dict[str, int], cohort_root: 
     if missing:
         have = ", ".join(f"{m} ({n} subjects)" for m, n in sorted(available.items())) or "nothing"
         raise ConfigError(f"cohort {cohort_root} has no {', '.join(missing)} data; it has: {have}")
+
+
+def check_vocabulary_coverage(ehr: EhrEvents, cohort_root: Path, minimum: float = 0.5) -> float:
+    """A saved vocabulary must know most of a cohort's events, else the model would read mostly <unk>:
+    a checkpoint trained on other data (another coding system, another site's codes)."""
+    if not len(ehr.codes):
+        return 1.0
+    known = float((ehr.codes != UNK).mean())
+    if known < minimum:
+        unknown = sorted(set(ehr.codes_text[ehr.codes == UNK]))[:5]
+        raise ConfigError(
+            f"the model's EHR vocabulary does not match cohort {cohort_root}: only {known:.0%} of its events have "
+            f"a known code (e.g. unknown: {', '.join(unknown)}); train or fine-tune a model on this kind of data")
+    return known
 
 
 class PatientCollator:
@@ -153,6 +167,8 @@ class PatientDataModule(_SplitLoaders):
         if "ehr" in self.cfg.modalities:
             self.vocab = self._ehr_vocab(train_ids, load_artifacts)
             ehr = EhrEvents(self.root, self.vocab)
+            if load_artifacts:
+                check_vocabulary_coverage(ehr, self.root)
         if "imaging" in self.cfg.modalities:
             mods = tuple(self.cfg.imaging_modalities) if self.cfg.imaging_modalities else None
             images = SubjectImages(self.root, records, spatial_dims, imaging_size, mods)

@@ -44,6 +44,7 @@ class QueryEngine:
         self.model_name = self.loaded.config.name
         self.n_events, self.n_neighbours = evidence_events, evidence_neighbours
         self._lock = ReadWriteLock()
+        self._qa_lock = threading.Lock()
         self.refresh()
 
     # ------------------------------------------------------------------ state
@@ -245,14 +246,20 @@ class QueryEngine:
     def ask(self, subject: str | None, question: str | None) -> QueryResponse:
         self._needs("patients")
         subject = self._subject(subject)
-        if self._qa is None:
-            from biomm.heads.qa import QAService
+        key = ("ask", subject, " ".join((question or "").lower().split()))
+        hit = self._cache.get(key)
+        if hit is not None:  # same subject, same question, same cohort: the same answer
+            return hit.model_copy(deep=True)
+        with self._qa_lock:
+            if self._qa is None:
+                from biomm.heads.qa import QAService
 
-            self._qa = QAService(self.loaded, self.cohort)  # raises QueryError when the model has no QA head
+                self._qa = QAService(self.loaded, self.cohort)  # raises QueryError when the model has no QA head
         resp = self._qa.answer(subject, question or "")
         resp.details.setdefault("question", question)
         if resp.evidence is not None and not resp.evidence.similar_subjects:
             resp.evidence.similar_subjects = self._neighbours(subject, self.n_neighbours)
+        self._cache[key] = resp.model_copy(deep=True)
         return resp
 
     def annotate(self, cells: str | None, max_cells: int) -> QueryResponse:

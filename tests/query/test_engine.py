@@ -127,3 +127,22 @@ def test_query_cli_json_and_errors(clinical_model, query_cohort, evaluated):
     assert res.exit_code == 2 and "unknown subject 'nobody'" in res.output
     res = runner.invoke(app, ["query", str(clinical_model), "--cohort", str(query_cohort), "--similar", subject, "--k", "3"])
     assert res.exit_code == 0 and "3 most similar subjects" in res.output
+
+
+def test_a_model_that_does_not_match_the_cohorts_vocabulary_is_refused(clinical_model, query_cohort, tmp_path):
+    """A cohort coded differently (here: the same patients with every code renamed) is not silently read as <unk>."""
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from biomm.config import ConfigError
+
+    cohort = tmp_path / "other"
+    shutil.copytree(query_cohort, cohort)
+    for shard in (cohort / "ehr" / "events").glob("*.parquet"):
+        t = pq.read_table(shard)
+        t = t.set_column(t.schema.get_field_index("code"), "code", pc.binary_join_element_wise("OTHER/", t["code"], ""))
+        pq.write_table(t, shard)
+    with pytest.raises(ConfigError, match=r"does not match cohort .*: only 0% of its events have a known code"):
+        QueryEngine(clinical_model, cohort)
