@@ -96,21 +96,28 @@ class StepSampler(Sampler[list[int]]):
 
 class TimedLoader(DataLoader):
     """A DataLoader that adds up how long each `next()` waits for a batch: the loader's share of a step,
-    without the trainer's own per-step work (logging, schedulers, checkpoints)."""
+    without the trainer's own per-step work (logging, schedulers, checkpoints). The first batch of
+    each pass (opening files, starting workers, filling a shuffle buffer) is kept apart as `start_s`."""
 
     fetch_s = 0.0
+    start_s = 0.0
     batches = 0
 
     def __iter__(self):
         it = super().__iter__()
+        first = True
         while True:
             t0 = time.perf_counter()
             try:
                 batch = next(it)
             except StopIteration:
                 return
-            self.fetch_s += time.perf_counter() - t0
-            self.batches += 1
+            if first:
+                self.start_s += time.perf_counter() - t0
+                first = False
+            else:
+                self.fetch_s += time.perf_counter() - t0
+                self.batches += 1
             yield batch
 
 
@@ -266,12 +273,14 @@ class _StepDataModule(L.LightningDataModule):
 
 
 class _Timing(Callback):
-    """Time per step waiting for data (the TimedLoader's `next()`) against compute (the step itself)."""
+    """Steady-state time per step waiting for data (the TimedLoader's `next()`, first batch aside)
+    against compute (the step itself, first step aside)."""
 
     def __init__(self, data: "_StepDataModule") -> None:
         self.data = data
         self.compute_s = 0.0
         self._t_start = 0.0
+        self._steps = 0
 
     @property
     def data_s(self) -> float:
@@ -282,7 +291,9 @@ class _Timing(Callback):
         self._t_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.compute_s += time.perf_counter() - self._t_start
+        self._steps += 1
+        if self._steps > 1:
+            self.compute_s += time.perf_counter() - self._t_start
 
 
 # ------------------------------------------------------------------------------ fit
