@@ -40,6 +40,10 @@ class SubjectImages:
         for items in self.by_subject.values():
             items.sort(key=lambda x: x[0])
         self.resize = Resize([img_size] * spatial_dims, mode="area" if spatial_dims == 2 else "trilinear")
+        self._memory: dict[str, torch.Tensor] = {}
+        self._memory_bytes = 0
+
+    memory_limit = 512 * 2**20  # decoded inputs kept in memory, at most (bytes)
 
     def __contains__(self, subject_id: str) -> bool:
         return subject_id in self.by_subject
@@ -55,10 +59,18 @@ class SubjectImages:
         return eligible[-1] if eligible else None
 
     def load(self, rel_path: str) -> torch.Tensor:
+        """The series' model input; kept in memory once read (bounded), since every epoch reads it again."""
+        hit = self._memory.get(rel_path)
+        if hit is not None:
+            return hit
         image = torch.from_numpy(load_cached(self.root / rel_path)["image"].astype(np.float32))
         if tuple(image.shape[1:]) != (self.img_size,) * self.spatial_dims:
             image = torch.as_tensor(self.resize(image))
-        return image[:1]  # the adapter takes one channel
+        image = image[:1]  # the adapter takes one channel
+        if self._memory_bytes + image.numel() * 4 <= self.memory_limit:
+            self._memory[rel_path] = image
+            self._memory_bytes += image.numel() * 4
+        return image
 
     def tensors(self, subject_ids: list[str], prediction_times: list[float | None] | None = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str | None]]:
