@@ -24,7 +24,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Sampler
 
 from biomm.config import ConfigError
-from biomm.data.datamodule import ARTIFACTS, CellDataModule, PatientDataModule, SampleDataset, build_datamodule
+from biomm.data.datamodule import ARTIFACTS, CellDataModule, SampleDataset, build_datamodule
 from biomm.eval.retrieval import pairwise_recall
 from biomm.model import BiommModel, build_model
 from biomm.objectives import WeightedObjectives, build_objectives
@@ -411,8 +411,3 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(table)
 
-
-def ddp_env_summary() -> dict[str, str]:
-    """What torchrun / SLURM set for multi-node runs (Lightning reads them)."""
-    keys = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_NTASKS", "SLURM_PROCID")
-    return {k: os.environ[k] for k in keys if k in os.environ}

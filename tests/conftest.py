@@ -41,7 +41,6 @@ def cohort_dir(tmp_path) -> Path:
 def _thoracic_first(n_others: int) -> list[Path]:
     """The shipped bundles with a thoracic X-ray study, plus `n_others` more (sorted names)."""
     import gzip
-    import json
 
     files = sorted((DATA / "synthea").glob("*.json.gz"))
     thoracic, others = [], []

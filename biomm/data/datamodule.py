@@ -16,7 +16,6 @@ from typing import Any
 
 import duckdb
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import Field, model_validator
 
 from biomm.config import ConfigError, StrictModel, load_config
@@ -144,7 +143,3 @@ def day_to_iso(day: float) -> str:
     """Days since the epoch -> ISO timestamp to the second (as `EhrEvents.top_events` writes times)."""
     return (datetime(1970, 1, 1) + np.timedelta64(int(day * 86_400e6), "us").item()).isoformat(timespec="seconds")
 
-
-def task_from_yaml(text: str) -> TaskDef:
-    data = yaml.safe_load(text)
-    return TaskDef.model_validate(data)

@@ -83,9 +83,6 @@ class SubjectNotes:
             times = days_since_epoch(np.array([np.datetime64(t, "us") if t else np.datetime64("NaT") for t, _ in items]))
             self.notes[sid] = (np.nan_to_num(times, nan=-np.inf), [text for _, text in items])
 
-    def all_texts(self) -> list[str]:
-        return [t for _, texts in self.notes.values() for t in texts]
-
     def text(self, subject_id: str, before: float | None = None, last: int = 3) -> str | None:
         if subject_id not in self.notes:
             return None

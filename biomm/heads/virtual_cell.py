@@ -20,7 +20,7 @@ from pydantic import Field
 from biomm.config import StrictModel
 from biomm.heads.annotation import LinearProbe, confusion, label_prompts, prompt_embeddings, scores, softmax, zero_shot_scores
 from biomm.heads.cells import CellSet, cohort_cells_file, cohort_splits, embed_cells, n_genes_of, open_cells
-from biomm.heads.imputation import evaluate_imputation, impute, masked_objective
+from biomm.heads.imputation import evaluate_imputation, impute
 from biomm.heads.perturbation import PerturbationConfig, PerturbationModel, evaluate_perturbation, fit_perturbation
 from biomm.query.schema import Evidence, ModalityAttribution, QueryError, QueryRequest, QueryResponse
 

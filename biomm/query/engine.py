@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -341,7 +340,3 @@ def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorInd
         if len(rows) >= 2:
             out[m] = VectorIndex(vectors[rows], [emb.subject_ids[i] for i in rows], backend, center=True)
     return out
-
-
-def response_schema() -> dict[str, Any]:
-    return QueryResponse.model_json_schema()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -292,12 +291,3 @@ class Cohort:
             return str(path)
         suffix = "".join(Path(path).suffixes[-2:])
         return f"sha256:{checksum[:16]}{suffix}"
-
-    # ------------------------------------------------------------------ misc
-    def copy_into(self, src: str | Path, rel: str) -> Path:
-        dst = self.path(rel)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
-        return dst

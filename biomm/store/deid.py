@@ -10,7 +10,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+
 from pathlib import Path
 
 KEY_FILE = "deid.key"
@@ -70,6 +70,3 @@ class Deidentifier:
             return value
         return self._digest(purpose, value).hex()[:24]
 
-
-def shift_datetime(value: datetime | date, days: int):
-    return value + timedelta(days=days)

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 
-from biomm.bundle import load
 from biomm.heads.cells import cohort_cells_file, embed_cells
 from biomm.heads.virtual_cell import VirtualCell
 from biomm.query.schema import QueryError, QueryRequest

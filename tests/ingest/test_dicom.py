@@ -190,7 +190,7 @@ def test_cli_exit_code_and_json(tmp_path):
 # ------------------------------------------------------------------ de-identification
 def test_no_phi_in_stored_files(tmp_path):
     phi = ("Doe^Jane", "PID-12345", "19700101")
-    folder = make_series(tmp_path / "src" / "ser", n=3, patient=phi)
+    make_series(tmp_path / "src" / "ser", n=3, patient=phi)
     ct = copy_as_new_series(dicom_file("CT_small.dcm"), tmp_path / "src" / "ct.dcm",
                             PatientName="Roe^Richard", PatientID="MRN-777", PatientBirthDate="19551224",
                             BurnedInAnnotation="YES")
