@@ -20,7 +20,10 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], tit
             ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})" if auc is not None else name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
+    else:  # one class only in the test split: nothing to draw, and the plot says so
+        ax.text(0.5, 0.5, "one class only: no ROC curve", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
