@@ -380,6 +380,9 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
         logger=[TensorBoardLogger(str(out), name="tensorboard", version=""), CSVLogger(str(out), name="csv", version="")],
         callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
         use_distributed_sampler=False,  # StepSampler shards each global batch across ranks itself
+        # a new loader for every Lightning epoch, starting at the trainer's global step: after a resume
+        # mid-way, Lightning would otherwise iterate the same loader again from its first step
+        reload_dataloaders_every_n_epochs=1,
     )
     trainer.fit(module, datamodule=step_data, ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:

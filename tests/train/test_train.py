@@ -91,12 +91,15 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run([*cmd, "--out", str(straight), *sets], check=True, capture_output=True, timeout=300, env=env)
     killed = tmp_path / "killed"
-    # slow the victim down so that it is still training when the step-8 checkpoint lands
+    # slow the victim down so that it is still training when the step-4 checkpoint lands (resuming there
+    # crosses a Lightning epoch boundary, where a loader that restarts from its first step would go wrong)
     env = {**env, "BIOMM_TEST_STEP_DELAY": "0.3"}
     proc = subprocess.Popen([*cmd, "--out", str(killed), *sets], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "checkpoints" / "step000008.ckpt").exists():
+    ckpt = killed / "checkpoints"
+    while time.time() < deadline and not ((ckpt / "step000004.ckpt").exists() and (ckpt / "last.ckpt").exists()):
         time.sleep(0.05)
+    time.sleep(0.1)  # last.ckpt is complete; the victim is inside step 5 (0.3 s per step)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed / "checkpoints" / "last.ckpt").exists()
