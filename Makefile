@@ -27,6 +27,7 @@ test: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/biomm schemas --out schemas
+	$(BIN)/python -m biomm.serve.openapi schemas/openapi.json
 
 clean:
 	rm -rf demo_out .pytest_cache
