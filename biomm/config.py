@@ -33,6 +33,7 @@ class DeidConfig(StrictModel):
 
 class FhirIngestConfig(StrictModel):
     strict: bool = Field(False, description="Validate every resource with fhir.resources.R4B (slow)")
+    workers: int = Field(0, ge=0, description="Decoding processes; 0 = one per core (up to 8) on 4+ cores with 16+ files, else in-process")
     deid: DeidConfig = DeidConfig()
 
 

@@ -80,9 +80,11 @@ def progress(description: str, total: int, disable: bool = False) -> Progress:
     )
 
 
-def iter_with_progress(items: list, description: str, disable: bool = False) -> Iterator:
-    with progress(description, len(items), disable) as bar:
-        task = bar.add_task(description, total=len(items))
+def iter_with_progress(items, description: str, disable: bool = False, total: int | None = None) -> Iterator:
+    """Items (a list, or any iterable with `total`) with a progress bar."""
+    total = len(items) if total is None else total
+    with progress(description, total, disable) as bar:
+        task = bar.add_task(description, total=total)
         for item in items:
             yield item
             bar.advance(task)
