@@ -6,7 +6,6 @@ its evidence: modality attributions by occlusion, the top events before the pred
 image series used, and the most similar subjects."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from biomm.bundle import Embeddings, LoadedModel, load
 from biomm.data.datamodule import Sample
 from biomm.data.tasks import TaskDef, day_to_iso, load_tasks
 from biomm.heads.clinical import LinearHead, embed_batch, head_path
+from biomm.locks import ReadWriteLock
 from biomm.query.index import VectorIndex
 from biomm.query.schema import (
     Evidence,
@@ -268,41 +268,6 @@ class QueryEngine:
     def perturb(self, gene: str | None) -> QueryResponse:
         self._needs("cells")
         return self._virtual_cell().answer(QueryRequest(kind="perturb", gene=gene))
-
-
-class ReadWriteLock:
-    """Many readers or one writer (queries read the engine's state; refresh replaces it)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-
-    @contextlib.contextmanager
-    def read(self):
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self):
-        with self._cond:
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writing = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 def latest_prediction_time(task: TaskDef, events, subject: str) -> tuple[float | None, str]:
