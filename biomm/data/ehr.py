@@ -51,15 +51,12 @@ class EhrVocab:
               min_count: int = 1, max_size: int | None = None) -> "EhrVocab":
         """From the events of `subjects` (the training split: nothing of val/test leaks into it)."""
         src = f"read_parquet({shards!r})"
-        where = ""
-        if subjects is not None:
-            con.register("vocab_subjects", _subjects_table(subjects))
-            where = "WHERE subject_id IN (SELECT subject_id FROM vocab_subjects)"
+        where = _only_subjects(con, subjects)
         rows = con.execute(
             f"SELECT code, count(*) n, avg(numeric_value), stddev_pop(numeric_value) FROM {src} {where} "
             f"GROUP BY code HAVING count(*) >= ? ORDER BY n DESC, code", [min_count]).fetchall()
         if subjects is not None:
-            con.unregister("vocab_subjects")
+            con.unregister("wanted_subjects")
         if max_size is not None:
             rows = rows[: max_size - len(SPECIAL)]
         return cls(
@@ -77,10 +74,14 @@ class EhrVocab:
         return cls(d["codes"], d["value_mean"], d["value_std"])
 
 
-def _subjects_table(subjects: list[str]):
+def _only_subjects(con: duckdb.DuckDBPyConnection, subjects: list[str] | None) -> str:
+    """A WHERE clause keeping `subjects` (registered as a table on `con`); empty for all subjects."""
+    if subjects is None:
+        return ""
     import pyarrow as pa
 
-    return pa.table({"subject_id": list(subjects)})
+    con.register("wanted_subjects", pa.table({"subject_id": list(subjects)}))
+    return "WHERE subject_id IN (SELECT subject_id FROM wanted_subjects)"
 
 
 def event_shards(cohort_root: Path) -> list[str]:
@@ -102,10 +103,7 @@ class EhrEvents:
             self.times = np.zeros(0, np.float64)
             return
         con = duckdb.connect()
-        where = ""
-        if subjects is not None:
-            con.register("wanted", _subjects_table(subjects))
-            where = "WHERE subject_id IN (SELECT subject_id FROM wanted)"
+        where = _only_subjects(con, subjects)
         # events without a time (static facts when no birth date is known) go first in a subject's history
         table = con.sql(
             f"SELECT subject_id, time, code, numeric_value FROM read_parquet({shards!r}) {where} "
