@@ -115,6 +115,19 @@ class LoadedModel:
         """Embeddings of every subject (or one split) of a cohort."""
         return self.embed_batches(self.datamodule(cohort).loader(split))
 
+    def query(self, cohort: str | Path, request=None, **fields):
+        """Ask this model about a cohort: `m.query("cohort/", kind="task", subject=..., task=...)`, or pass a
+        QueryRequest. The query engine (embeddings, index) is built once per cohort and kept."""
+        from biomm.query.engine import QueryEngine
+        from biomm.query.schema import QueryRequest
+
+        key = str(Path(cohort).resolve())
+        engines = self.__dict__.setdefault("_engines", {})
+        if key not in engines:
+            engines.clear()  # one cohort at a time: an engine holds the cohort's embeddings
+            engines[key] = QueryEngine(self, cohort)
+        return engines[key].query(request if request is not None else QueryRequest(**fields))
+
 
 def load(folder: str | Path) -> LoadedModel:
     """Open an exported model: `m = biomm.load(dir)`."""

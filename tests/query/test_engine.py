@@ -146,3 +146,14 @@ def test_a_model_that_does_not_match_the_cohorts_vocabulary_is_refused(clinical_
         pq.write_table(t, shard)
     with pytest.raises(ConfigError, match=r"does not match cohort .*: only 0% of its events have a known code"):
         QueryEngine(clinical_model, cohort)
+
+
+def test_python_api_query(clinical_model, query_cohort, evaluated):
+    import biomm
+
+    m = biomm.load(clinical_model)
+    subject = m.embed(query_cohort).subject_ids[0]
+    resp = m.query(query_cohort, kind="similar", subject=subject, k=4)
+    assert resp.kind == "similar" and len(resp.evidence.similar_subjects) == 4
+    again = m.query(query_cohort, QueryRequest(kind="task", subject=subject, task="death_1y"))
+    assert again.kind == "task" and again.details["task"] == "death_1y"
