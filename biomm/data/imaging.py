@@ -24,6 +24,8 @@ def _study_day(provenance: dict) -> float:
 class SubjectImages:
     """Per subject: its imaging records (time, cache path, provenance), in time order."""
 
+    memory_limit = 512 * 2**20  # decoded inputs kept in memory, at most (bytes)
+
     def __init__(self, cohort_root: str | Path, records: list[dict], spatial_dims: int = 2, img_size: int = 64,
                  modalities: tuple[str, ...] | None = None):
         self.root = Path(cohort_root)
@@ -42,8 +44,6 @@ class SubjectImages:
         self.resize = Resize([img_size] * spatial_dims, mode="area" if spatial_dims == 2 else "trilinear")
         self._memory: dict[str, torch.Tensor] = {}
         self._memory_bytes = 0
-
-    memory_limit = 512 * 2**20  # decoded inputs kept in memory, at most (bytes)
 
     def __contains__(self, subject_id: str) -> bool:
         return subject_id in self.by_subject

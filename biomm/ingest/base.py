@@ -63,9 +63,14 @@ def expand_sources(sources: Iterable[str | Path], suffixes: tuple[str, ...]) -> 
             out.append(p)
         else:
             raise FileNotFoundError(f"source not found: {p}")
+    return unique_paths(out)
+
+
+def unique_paths(files: Iterable[Path]) -> list[Path]:
+    """Files in order, each once (two spellings of one file count as one)."""
     seen: set[Path] = set()
     unique = []
-    for f in out:
+    for f in files:
         r = f.resolve()
         if r not in seen:
             seen.add(r)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from biomm.ingest.base import IngestError
+from biomm.ingest.base import IngestError, unique_paths
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -88,14 +88,7 @@ def discover(sources: list[str | Path]) -> tuple[list[Path], list[Path]]:
                     pass
             else:
                 files.append(f)
-    seen: set[Path] = set()
-    unique = []
-    for f in files:
-        r = f.resolve()
-        if r not in seen:
-            seen.add(r)
-            unique.append(f)
-    return unique, dirs
+    return unique_paths(files), dirs
 
 
 # The routing fields, plus the pixel data elements (their presence only: the values stay deferred).
