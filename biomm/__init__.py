@@ -3,6 +3,7 @@
     import biomm
     m = biomm.load("models/clinical")      # an exported model
     emb = m.embed("cohort/")                # per-subject fused and per-modality embeddings
+    resp = m.query("cohort/", kind="similar", subject=emb.subject_ids[0], k=5)
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ __version__ = "0.1.0"
 
 
 def load(folder):
-    """Open a model folder written by `biomm export` (see biomm.bundle.LoadedModel)."""
-    from biomm.bundle import load as _load
+    """Open a model folder written by `biomm export`: a `biomm.query.api.Model` (`.embed`, `.query`)."""
+    from biomm.query.api import load as load_model
 
-    return _load(folder)
+    return load_model(folder)
 
 
 __all__ = ["load", "__version__"]

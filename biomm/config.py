@@ -5,7 +5,6 @@ models that get a checked-in JSON Schema are listed in `schema_models()`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -26,18 +25,14 @@ class StrictModel(BaseModel):
 
 # ---------------------------------------------------------------- foundation configs
 class DeidConfig(StrictModel):
+    """De-identification on ingest: on by default, the key, and the largest per-patient date shift."""
     enabled: bool = True
     key: str | None = Field(None, description="De-identification key (hex); default: the cohort's own key file")
     max_date_shift_days: int = Field(365, ge=0, description="Dates shift by a per-patient offset in [-max, +max] days")
 
 
-class FhirIngestConfig(StrictModel):
-    strict: bool = Field(False, description="Validate every resource with fhir.resources.R4B (slow)")
-    workers: int = Field(0, ge=0, description="Decoding processes; 0 = one per core (up to 8) on 4+ cores with 16+ files, else in-process")
-    deid: DeidConfig = DeidConfig()
-
-
 class SplitConfig(StrictModel):
+    """Fractions and seed of the hash split of subjects into train / val / test."""
     train: float = Field(0.8, gt=0, lt=1)
     val: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
@@ -54,6 +49,7 @@ class PipelineStep(StrictModel):
 
 
 class PipelineConfig(StrictModel):
+    """A pipeline YAML: a name, a work folder and the steps to run in order."""
     name: str
     description: str = ""
     workdir: str = Field("demo_out", description="Folder for the pipeline's outputs, relative to the current directory")
@@ -89,6 +85,7 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per bad key of a pydantic error, naming the config `source`."""
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
@@ -127,38 +124,45 @@ def load_config(model: type[StrictModel], source: str | Path | dict | None, over
 
 
 # ---------------------------------------------------------------- schemas
-# name -> "module:Class". Every model listed here has schemas/<name>.schema.json checked in.
-SCHEMA_MODELS: dict[str, str] = {
+# name -> "module:Class" of the models that are not a modality's (those come from biomm.modalities).
+# Every model listed here or in a spec has schemas/<name>.schema.json checked in.
+CORE_SCHEMAS: dict[str, str] = {
     "pipeline": "biomm.config:PipelineConfig",
-    "fhir_ingest": "biomm.config:FhirIngestConfig",
     "ingest_summary": "biomm.ingest.base:IngestSummary",
-    "dicom_ingest": "biomm.ingest.dicom_preprocess:DicomIngestConfig",
-    "model": "biomm.model_config:ModelConfig",
-    "omics_ingest": "biomm.ingest.omics_preprocess:OmicsIngestConfig",
-    "sequence_ingest": "biomm.ingest.sequence:SequenceIngestConfig",
-    "omics_loader": "biomm.data.omics_loader:OmicsLoaderConfig",
-    "train": "biomm.train_config:TrainConfig",
+    "model": "biomm.model.config:ModelConfig",
+    "train": "biomm.train.config:TrainConfig",
     "task": "biomm.data.tasks:TaskDef",
-    "query_request": "biomm.query.schema:QueryRequest",
-    "query_response": "biomm.query.schema:QueryResponse",
-    "virtual_cell": "biomm.heads.virtual_cell:VirtualCellConfig",
-    "qa": "biomm.heads.qa_config:QAConfig",
+    "query_request": "biomm.schema:QueryRequest",
+    "query_response": "biomm.schema:QueryResponse",
+    "virtual_cell": "biomm.heads.cells.virtual_cell:VirtualCellConfig",
+    "qa": "biomm.heads.qa.config:QAConfig",
 }
 
 
-def schema_models() -> dict[str, type[BaseModel]]:
-    out = {}
-    for name, target in SCHEMA_MODELS.items():
-        module, cls = target.split(":")
-        out[name] = getattr(importlib.import_module(module), cls)
+def schema_targets() -> dict[str, str]:
+    """Every model with a checked-in JSON Schema: the core ones and each modality spec's."""
+    from biomm.modalities import MODALITIES
+
+    out = dict(CORE_SCHEMAS)
+    for spec in MODALITIES.values():
+        out.update(spec.schemas)
     return out
 
 
+def schema_models() -> dict[str, type[BaseModel]]:
+    """The models of `schema_targets()`, imported."""
+    from biomm.modalities import resolve
+
+    return {name: resolve(target) for name, target in schema_targets().items()}
+
+
 def generate_schemas() -> dict[str, dict]:
+    """JSON Schema of every model of `schema_models()`, by name."""
     return {name: model.model_json_schema() for name, model in schema_models().items()}
 
 
 def write_schemas(folder: str | Path) -> list[Path]:
+    """Write `<folder>/<name>.schema.json` for every schema model; returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -1,34 +1,52 @@
-"""Pipelines: YAML lists of registered steps (ingest -> train -> evaluate -> query).
+"""Pipelines: YAML lists of steps (ingest -> train -> evaluate -> query).
 
-A step is a function `(ctx: PipelineContext, **with) -> dict` registered with `@step("kind")`;
-what it returns is kept in `ctx.results[name]` for later steps (e.g. a run folder)."""
+A step is a function `(ctx: PipelineContext, **with) -> dict` marked with `@step("kind")`; the
+command modules define them, and `run_pipeline` is given the steps it may run (`collect_steps`).
+What a step returns is kept in `ctx.results[name]` for later steps (e.g. a run folder)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Iterable
 
 from rich.console import Console
 
 from biomm.config import ConfigError, PipelineConfig
 
-STEPS: dict[str, Callable[..., dict | None]] = {}
-console = Console(stderr=True)
+StepFn = Callable[..., "dict | None"]
+STEP_ATTR = "__biomm_pipeline_step__"
 
 
-def step(kind: str):
-    def register(fn):
-        if kind in STEPS:
-            raise ValueError(f"pipeline step '{kind}' registered twice")
-        STEPS[kind] = fn
+def step(kind: str) -> Callable[[StepFn], StepFn]:
+    """Mark a function as the pipeline step `kind` (found by `collect_steps`)."""
+
+    def mark(fn: StepFn) -> StepFn:
+        setattr(fn, STEP_ATTR, kind)
         return fn
 
-    return register
+    return mark
+
+
+def collect_steps(modules: Iterable[ModuleType]) -> dict[str, StepFn]:
+    """Every function marked with `@step` in `modules`, by kind; a kind defined twice is an error."""
+    steps: dict[str, StepFn] = {}
+    for module in modules:
+        for value in vars(module).values():
+            kind = getattr(value, STEP_ATTR, None)
+            if kind is None or getattr(value, "__module__", None) != module.__name__:
+                continue
+            if kind in steps and steps[kind] is not value:
+                raise ValueError(f"pipeline step '{kind}' defined twice ({steps[kind].__module__}, {module.__name__})")
+            steps[kind] = value
+    return steps
 
 
 @dataclass
 class PipelineContext:
+    """What every step sees: the pipeline's work folder, the project root and earlier steps' results."""
+
     workdir: Path
     project_root: Path
     results: dict[str, Any] = field(default_factory=dict)
@@ -40,12 +58,13 @@ class PipelineContext:
         return p if p.is_absolute() else (self.project_root / p)
 
 
-def run_pipeline(cfg: PipelineConfig, project_root: Path, only: list[str] | None = None) -> dict[str, Any]:
-    import biomm.cli  # noqa: F401  (registers every command module's steps)
-
-    unknown = [s.kind for s in cfg.steps if s.kind not in STEPS]
+def run_pipeline(cfg: PipelineConfig, project_root: Path, steps: dict[str, StepFn],
+                 only: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Run `cfg`'s steps in order (or only those named in `only`); returns each step's result by name."""
+    console = console or Console(stderr=True)
+    unknown = [s.kind for s in cfg.steps if s.kind not in steps]
     if unknown:
-        raise ConfigError(f"unknown pipeline step kind(s) {unknown}; known: {sorted(STEPS)}")
+        raise ConfigError(f"unknown pipeline step kind(s) {unknown}; known: {sorted(steps)}")
     workdir = Path(cfg.workdir)
     if not workdir.is_absolute():
         workdir = project_root / workdir
@@ -57,6 +76,6 @@ def run_pipeline(cfg: PipelineConfig, project_root: Path, only: list[str] | None
             continue
         console.rule(f"[bold]step {i}/{len(cfg.steps)}: {name}")
         t0 = time.perf_counter()
-        ctx.results[name] = STEPS[s.kind](ctx, **s.with_) or {}
+        ctx.results[name] = steps[s.kind](ctx, **s.with_) or {}
         console.print(f"[green]done[/] {name} in {time.perf_counter() - t0:.1f}s")
     return ctx.results

@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-MODALITIES = ("ehr", "imaging", "omics", "sequence", "text")
 
 
 @dataclass
@@ -43,6 +42,7 @@ class ModalityInput:
     present: torch.Tensor
 
     def to(self, device: torch.device | str) -> "ModalityInput":
+        """A copy with every tensor and `present` [B] moved to `device`."""
         return ModalityInput({k: v.to(device) for k, v in self.tensors.items()}, self.present.to(device))
 
 
@@ -57,14 +57,17 @@ class Batch:
 
     @property
     def size(self) -> int:
+        """Batch size B (the number of subject ids)."""
         return len(self.subject_ids)
 
     def present(self, modality: str) -> torch.Tensor:
+        """Presence mask [B] bool of `modality`; all False when the batch does not carry it."""
         if modality not in self.modalities:
             return torch.zeros(self.size, dtype=torch.bool)
         return self.modalities[modality].present
 
     def to(self, device: torch.device | str) -> "Batch":
+        """A copy with the modality tensors and labels moved to `device` (extras untouched)."""
         return Batch(
             {k: v.to(device) for k, v in self.modalities.items()},
             list(self.subject_ids),

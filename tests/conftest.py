@@ -57,10 +57,10 @@ def clinical_cohort(tmp_path_factory) -> Path:
     ingest. Session-scoped: build once, never write to it in a test (copy it first)."""
     import json
 
-    from biomm.ingest.demo_linkage import make_linked_xrays
-    from biomm.ingest.dicom import ingest_dicom
-    from biomm.ingest.fhir import ingest_fhir
-    from biomm.config import FhirIngestConfig
+    from biomm.ingest.demo.xrays import make_linked_xrays
+    from biomm.ingest.ehr.config import FhirIngestConfig
+    from biomm.ingest.ehr.fhir import ingest as ingest_fhir
+    from biomm.ingest.imaging.dicom import ingest as ingest_dicom
 
     root = tmp_path_factory.mktemp("clinical")
     cohort = root / "cohort"
@@ -81,10 +81,10 @@ def cell_cohort(tmp_path_factory) -> Path:
     """Real PBMCs (scanpy's bundled pbmc68k_reduced, 700 cells, 10 types) ingested as a cell cohort."""
     import scanpy as sc
 
-    from biomm.ingest.omics import ingest_omics
+    from biomm.ingest.omics.anndata import ingest as ingest_omics
 
     root = tmp_path_factory.mktemp("cells")
     path = root / "pbmc68k_reduced.h5ad"
     sc.datasets.pbmc68k_reduced().write_h5ad(path)
-    ingest_omics([path], root / "cohort", label_keys=["bulk_labels"], progress=False)
+    ingest_omics([path], root / "cohort", {"label_keys": ["bulk_labels"]}, progress=False)
     return root / "cohort"

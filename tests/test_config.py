@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from biomm.config import ConfigError, FhirIngestConfig, PipelineConfig, generate_schemas, load_config
+from biomm.config import ConfigError, PipelineConfig, generate_schemas, load_config
+from biomm.ingest.ehr.config import FhirIngestConfig
 
 PROJECT = Path(__file__).resolve().parents[1]
 

@@ -1,29 +1,24 @@
-"""Adapters, one per modality. Adding a modality = one file defining `XAdapter` (with a
-`Config` class and `__init__(cfg, width, preset)`) and one entry in `ADAPTERS`."""
+"""Adapters, one per modality: tensors -> `Tokens(x [B, T, D], mask [B, T])`. Each modality's spec
+(`biomm.modalities`) names its adapter class, which defines a `Config` and `__init__(cfg, width, preset)`."""
 from __future__ import annotations
 
-import importlib
-
 from biomm.adapters.base import PRESETS, Adapter, AdapterConfig, MlmSpec
+from biomm.modalities import MODALITIES, resolve, spec
 
-ADAPTERS: dict[str, str] = {
-    "ehr": "biomm.adapters.ehr:EhrAdapter",
-    "imaging": "biomm.adapters.imaging:ImagingAdapter",
-    "omics": "biomm.adapters.omics:OmicsAdapter",
-    "sequence": "biomm.adapters.sequence:SequenceAdapter",
-    "text": "biomm.adapters.text:TextAdapter",
-}
+ADAPTERS: tuple[str, ...] = tuple(MODALITIES)
+"""Modalities with an adapter (every modality has one)."""
 
 
 def adapter_class(modality: str) -> type[Adapter]:
-    """The registered adapter class of a modality (imported on first use)."""
-    if modality not in ADAPTERS:
-        raise KeyError(f"no adapter registered for modality '{modality}' (known: {', '.join(ADAPTERS)})")
-    module, cls = ADAPTERS[modality].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The adapter class of a modality, from its spec (imported on first use)."""
+    try:
+        return resolve(spec(modality).adapter)
+    except KeyError:
+        raise KeyError(f"no adapter registered for modality '{modality}' (known: {', '.join(ADAPTERS)})") from None
 
 
 def build_adapter(modality: str, cfg: AdapterConfig, width: int, preset: str) -> Adapter:
+    """An adapter of `modality` at token width `width`, sized by `preset` where `cfg` leaves it open."""
     return adapter_class(modality)(cfg, width, preset)
 
 

@@ -68,6 +68,7 @@ class Adapter(nn.Module, ABC):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Adapter":
+        """Set train / eval mode (a frozen encoder stays in eval mode); returns self."""
         super().train(mode)
         if self.frozen:
             for name, child in self.named_children():
@@ -80,6 +81,7 @@ class Adapter(nn.Module, ABC):
         """Encoder hidden states [B, T, E] and the real-token mask [B, T]."""
 
     def forward(self, tensors: dict[str, torch.Tensor]) -> Tokens:
+        """Encode `tensors` and project to the shared width: `Tokens(x [B, T, D], mask [B, T] bool)`."""
         if self.frozen:
             with torch.no_grad():
                 h, mask = self.encode(tensors)
@@ -94,12 +96,17 @@ class Adapter(nn.Module, ABC):
     # masked modelling ------------------------------------------------------------
     @property
     def mlm_spec(self) -> MlmSpec:
+        """What a masked-modelling head predicts per token; ValueError where the encoder does not support it."""
         raise ValueError(f"masked modelling is not available for the {type(self).__name__} encoder")
 
     def mlm_candidates(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bool mask of the inputs that may be masked, shaped as `mlm_mask` must be (e.g. [B, L]);
+        ValueError where the encoder does not support masked modelling."""
         raise ValueError(f"masked modelling is not available for the {type(self).__name__} encoder")
 
     def mlm_targets(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`{"mask": [B, T] bool, "target": [B, T] long or [B, T, F] float}` aligned with the output tokens;
+        ValueError where the encoder does not support masked modelling."""
         raise ValueError(f"masked modelling is not available for the {type(self).__name__} encoder")
 
 
@@ -109,25 +116,3 @@ def resolve(cfg: AdapterConfig, model_preset: str) -> dict[str, int]:
     if cfg.layers is not None:
         size["layers"] = cfg.layers
     return size
-
-
-def transformer(width: int, layers: int, heads: int, dropout: float = 0.0) -> nn.TransformerEncoder:
-    """A pre-norm GELU `nn.TransformerEncoder` (library blocks; see `key_padding` for masking)."""
-    layer = nn.TransformerEncoderLayer(
-        width, heads, 4 * width, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
-    )
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-
-def key_padding(mask: torch.Tensor) -> torch.Tensor:
-    """`src_key_padding_mask` from a real-token mask, never masking a whole row.
-
-    A row with no real token would softmax over all -inf and give NaN; we let such rows attend
-    to position 0 instead. Their outputs stay masked by `mask` downstream, so nothing leaks.
-    """
-    pad = ~mask
-    empty = ~mask.any(1)
-    if empty.any():
-        pad = pad.clone()
-        pad[empty, 0] = False
-    return pad

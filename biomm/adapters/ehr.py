@@ -17,10 +17,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, key_padding, resolve, transformer
+from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, resolve
+from biomm.nn.attention import key_padding, transformer
 
 
 class EhrConfig(AdapterConfig):
+    """Config of the EHR adapter: code vocabulary, events kept, and how event times are encoded."""
+
     vocab_size: int = Field(4096, ge=2, description="Number of event codes (0 = pad, 1 = mask)")
     max_events: int = Field(256, ge=1, description="Keep the most recent N events")
     time_encoding: Literal["sinusoidal", "log_bucket"] = "sinusoidal"
@@ -68,6 +71,7 @@ class TimeEncoding(nn.Module):
             self.buckets = nn.Embedding(2 * 16 + 1, width)
 
     def forward(self, days: torch.Tensor) -> torch.Tensor:
+        """Time embeddings [..., width] of `days` [...] float."""
         if self.kind == "sinusoidal":
             a = days[..., None] * self.freq
             return self.proj(torch.cat([a.sin(), a.cos()], -1))
@@ -87,11 +91,14 @@ class EventEmbedding(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, codes, values, value_mask, days) -> torch.Tensor:
+        """Event vectors [B, L, W] from `codes` [B, L] long, `values` [B, L], `value_mask` [B, L] bool, `days` [B, L]."""
         v = torch.where(value_mask[..., None], self.value(values.nan_to_num()[..., None]), self.no_value)
         return self.norm(self.code(codes) + v + self.time(days))
 
 
 class EhrAdapter(Adapter):
+    """EHR adapter: a transformer over each subject's most recent MEDS events (tensors: see the module doc)."""
+
     modality = "ehr"
     Config = EhrConfig
 
@@ -118,6 +125,8 @@ class EhrAdapter(Adapter):
         return take_last(tensors, mask, self.cfg.max_events)
 
     def encode(self, tensors):
+        """Hidden states [B, L', E] and event mask [B, L'] bool of each row's last `max_events` events up to its
+        prediction time (L' = L, or `max_events` where events were dropped or re-aligned)."""
         t = self._events(tensors)
         mask = t["mask"]
         codes = t["codes"]
@@ -137,6 +146,7 @@ class EhrAdapter(Adapter):
         return h, mask
 
     def example_tensors(self, batch_size, length, generator):
+        """Random left-aligned events: `codes`, `values`, `value_mask`, `times` (ascending), `mask`, all [B, L]."""
         b, n = batch_size, length
         lengths = torch.randint(1, n + 1, (b, 1), generator=generator)
         mask = torch.arange(n)[None] < lengths
@@ -150,11 +160,14 @@ class EhrAdapter(Adapter):
 
     @property
     def mlm_spec(self) -> MlmSpec:
+        """Classify over the `vocab_size` event codes."""
         return MlmSpec(kind="classify", size=self.cfg.vocab_size)
 
     def mlm_candidates(self, tensors):
+        """Real events with a non-special code: [B, L] bool."""
         return tensors["mask"] & (tensors["codes"] > MASK_CODE)
 
     def mlm_targets(self, tensors):
+        """Masked events and their codes, aligned with the output tokens: `mask` [B, L'] bool, `target` [B, L'] long."""
         t = self._events(tensors)
         return {"mask": t["mlm_mask"] & t["mask"], "target": t["codes"]}

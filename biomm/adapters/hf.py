@@ -21,6 +21,7 @@ class HfTokenAdapter(Adapter):
             self.freeze_encoder()
 
     def encode(self, tensors):
+        """Last hidden states [B, L, E] and `attention_mask` [B, L] bool; `mlm_mask` positions get the mask token."""
         ids, mask = tensors["input_ids"], tensors["attention_mask"].bool()
         if "mlm_mask" in tensors:
             ids = torch.where(tensors["mlm_mask"], torch.full_like(ids, self.mask_id), ids)
@@ -30,6 +31,7 @@ class HfTokenAdapter(Adapter):
         return h, mask
 
     def example_tensors(self, batch_size, length, generator):
+        """Random non-special `input_ids` [B, L] long and an all-ones `attention_mask` [B, L]."""
         conf = self.encoder.config
         ids = torch.randint(len(self.special) + 3, conf.vocab_size - 1, (batch_size, length), generator=generator)
         ids = torch.where(torch.isin(ids, torch.tensor(self.special)), len(self.special) + 3, ids)
@@ -37,12 +39,15 @@ class HfTokenAdapter(Adapter):
 
     @property
     def mlm_spec(self) -> MlmSpec:
+        """Classify over the encoder's vocabulary."""
         return MlmSpec(kind="classify", size=self.encoder.config.vocab_size)
 
     def mlm_candidates(self, tensors):
+        """Attended, non-special token positions: [B, L] bool."""
         ids = tensors["input_ids"]
         special = torch.isin(ids, torch.tensor(self.special, device=ids.device))
         return tensors["attention_mask"].bool() & ~special
 
     def mlm_targets(self, tensors):
+        """`mask` [B, L] bool (masked and attended) and `target` = the original `input_ids` [B, L] long."""
         return {"mask": tensors["mlm_mask"] & tensors["attention_mask"].bool(), "target": tensors["input_ids"]}

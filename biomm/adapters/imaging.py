@@ -19,6 +19,8 @@ from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, resolve
 
 
 class ImagingConfig(AdapterConfig):
+    """Config of the MONAI imaging adapter: network, 2D / 3D, channels, input side and ViT patch size."""
+
     network: Literal["vit", "densenet121", "resnet18", "resnet34", "resnet50"] = "vit"
     spatial_dims: Literal[2, 3] = 2
     in_channels: int = Field(1, ge=1)
@@ -39,12 +41,15 @@ class CnnFeatures(nn.Module):
             self.width = 2048 if cfg.network == "resnet50" else 512
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Final feature map of `image` [B, C, *S] as tokens [B, positions, channels]."""
         f = self.net(image)
         f = f[-1] if isinstance(f, (list, tuple)) else f
         return f.flatten(2).transpose(1, 2)
 
 
 class ImagingAdapter(Adapter):
+    """Imaging adapter: ViT patch tokens or CNN feature-map positions of `image` [B, C, *S]."""
+
     modality = "imaging"
     Config = ImagingConfig
 
@@ -73,6 +78,7 @@ class ImagingAdapter(Adapter):
             self.freeze_encoder()
 
     def encode(self, tensors):
+        """Hidden states [B, T, E] (T = patches for the ViT, feature-map positions for a CNN) and an all-True mask [B, T]."""
         image = tensors["image"].float()
         if self.cfg.network != "vit":
             h = self.encoder(image)
@@ -100,20 +106,24 @@ class ImagingAdapter(Adapter):
         return x.reshape(b, -1, c * p**d)
 
     def example_tensors(self, batch_size, length, generator):
+        """A random `image` [B, C, *S] at the configured size (`length` is unused)."""
         shape = (batch_size, self.cfg.in_channels, *[self.cfg.img_size] * self.cfg.spatial_dims)
         return {"image": torch.randn(shape, generator=generator)}
 
     @property
     def mlm_spec(self) -> MlmSpec:
+        """Regress each patch's C*p^dims pixels; ValueError unless the network is the ViT."""
         if self.cfg.network != "vit":
             raise ValueError("masked patch modelling needs the 'vit' imaging network")
         return MlmSpec(kind="regress", size=self.cfg.in_channels * self.cfg.patch_size**self.cfg.spatial_dims)
 
     def mlm_candidates(self, tensors):
+        """Every patch may be masked: [B, n_patches] bool."""
         b = tensors["image"].shape[0]
         return torch.ones(b, self.n_patches, dtype=torch.bool, device=tensors["image"].device)
 
     def mlm_targets(self, tensors):
+        """`mask` [B, P] bool (the `mlm_mask`) and per-patch normalised pixels `target` [B, P, C*p^dims]."""
         t = self.patchify(tensors["image"].float())
         t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
         return {"mask": tensors["mlm_mask"], "target": t}

@@ -18,10 +18,13 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, key_padding, resolve, transformer
+from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, resolve
+from biomm.nn.attention import key_padding, transformer
 
 
 class OmicsConfig(AdapterConfig):
+    """Config of the omics adapter: gene-token transformer or HVG-vector MLP, value encoding, prior gene table."""
+
     encoder: Literal["transformer", "mlp"] = "transformer"
     n_genes: int = Field(2048, ge=2, description="Gene vocabulary (transformer, 0 = pad) or HVG vector length (mlp)")
     value_encoding: Literal["continuous", "binned"] = "continuous"
@@ -30,6 +33,7 @@ class OmicsConfig(AdapterConfig):
 
 
 def load_table(path: str | Path) -> torch.Tensor:
+    """A float32 table [n_genes, E] read from a .npy file, or any other file with `torch.load`."""
     path = Path(path)
     t = torch.from_numpy(np.load(path)) if path.suffix == ".npy" else torch.load(path, map_location="cpu")
     return torch.as_tensor(t, dtype=torch.float32)
@@ -55,6 +59,7 @@ class GeneEmbedding(nn.Module):
         self.prior_proj: nn.Linear | None = None
 
     def init_from(self, prior: torch.Tensor) -> None:
+        """Add a learned projection of the fixed table `prior` [n_genes, E]; the learned table becomes a residual on it."""
         if prior.shape[0] != self.table.num_embeddings:
             raise ValueError(f"gene embeddings have {prior.shape[0]} rows, the gene vocabulary {self.table.num_embeddings}")
         self.register_buffer("prior", prior.float().clone())
@@ -63,6 +68,7 @@ class GeneEmbedding(nn.Module):
             self.table.weight.mul_(0.1)
 
     def forward(self, genes: torch.Tensor) -> torch.Tensor:
+        """Gene embeddings [B, G, W] of `genes` [B, G] long."""
         out = self.table(genes)
         if self.prior_proj is not None:
             out = out + self.prior_proj(self.prior[genes])
@@ -70,6 +76,8 @@ class GeneEmbedding(nn.Module):
 
 
 class OmicsTokens(nn.Module):
+    """Gene-token encoder (scGPT-like): gene + value embeddings through a transformer."""
+
     def __init__(self, cfg: OmicsConfig, width: int, layers: int, heads: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -83,6 +91,8 @@ class OmicsTokens(nn.Module):
         self.transformer = transformer(width, layers, heads)
 
     def forward(self, genes, values, mask, mlm_mask=None):
+        """Hidden states [B, G, W] from `genes` [B, G] long, `values` [B, G], `mask` [B, G] bool;
+        `mlm_mask` [B, G] bool hides those values."""
         if self.cfg.value_encoding == "binned":
             bins = quantile_bins(values, mask, self.cfg.n_bins)
             if mlm_mask is not None:
@@ -97,6 +107,8 @@ class OmicsTokens(nn.Module):
 
 
 class OmicsAdapter(Adapter):
+    """Omics adapter: a transformer over `genes` / `values` / `mask` [B, G], or an MLP over `x` [B, n_genes]."""
+
     modality = "omics"
     Config = OmicsConfig
 
@@ -123,6 +135,7 @@ class OmicsAdapter(Adapter):
         self.encoder.gene.init_from(table)
 
     def encode(self, tensors):
+        """Transformer: hidden states [B, G, E] and `mask` [B, G]; MLP: one token [B, 1, E] and an all-True mask [B, 1]."""
         if self.cfg.encoder == "mlp":
             x = tensors["x"].float()
             return self.encoder(x)[:, None], torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
@@ -131,6 +144,7 @@ class OmicsAdapter(Adapter):
         return h, mask
 
     def example_tensors(self, batch_size, length, generator):
+        """Random non-negative inputs: `x` [B, n_genes] (mlp), or `genes` / `values` / `mask` [B, L] (transformer)."""
         b = batch_size
         if self.cfg.encoder == "mlp":
             return {"x": torch.randn(b, self.cfg.n_genes, generator=generator).relu()}
@@ -142,14 +156,17 @@ class OmicsAdapter(Adapter):
 
     @property
     def mlm_spec(self) -> MlmSpec:
+        """Regress one expression value per token; ValueError unless the encoder is the transformer."""
         if self.cfg.encoder != "transformer":
             raise ValueError("masked expression modelling needs the 'transformer' omics encoder")
         return MlmSpec(kind="regress", size=1)
 
     def mlm_candidates(self, tensors):
+        """Real, non-pad gene tokens: [B, G] bool."""
         return tensors["mask"] & (tensors["genes"] > 0)
 
     def mlm_targets(self, tensors):
+        """`mask` [B, G] bool and `target` [B, G, 1] float: the hidden values (divided by `n_bins` when binned)."""
         values = tensors["values"].float()
         if self.cfg.value_encoding == "binned":
             values = values / self.cfg.n_bins  # bin indices -> [0, 1]: a regression target of unit scale

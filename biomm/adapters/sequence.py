@@ -14,11 +14,15 @@ from biomm.adapters.hf import HfTokenAdapter
 
 
 class SequenceConfig(AdapterConfig):
+    """Config of the sequence adapter: alphabet size and maximum length of a random ESM encoder."""
+
     vocab_size: int = Field(33, ge=4, description="Alphabet size of a random encoder (ESM: 33)")
     max_length: int = Field(1026, ge=8)
 
 
 class SequenceAdapter(HfTokenAdapter):
+    """Protein / DNA adapter: an `EsmModel` (random at a preset size, or from a local directory) over `input_ids` [B, L]."""
+
     modality = "sequence"
     Config = SequenceConfig
 

@@ -14,11 +14,15 @@ from biomm.adapters.hf import HfTokenAdapter
 
 
 class TextConfig(AdapterConfig):
+    """Config of the text adapter: vocabulary and maximum length of a random BERT encoder."""
+
     vocab_size: int = Field(30522, ge=8, description="Vocabulary of a random encoder (BERT: 30522)")
     max_length: int = Field(512, ge=8)
 
 
 class TextAdapter(HfTokenAdapter):
+    """Text adapter: a BERT-family encoder (random at a preset size, or from a local directory) over `input_ids` [B, L]."""
+
     modality = "text"
     Config = TextConfig
 

@@ -9,7 +9,7 @@ import sys
 
 
 def run_child(module: str, *args: str) -> dict:
-    """Run `python -m module args` and return its JSON result plus its peak RSS (MiB)."""
+    """Run `python -m module args` in a child process and return the JSON object on its last stdout line."""
     code = (
         "import json, resource, runpy, sys; sys.argv = sys.argv[1:]; "
         "out = runpy.run_module(sys.argv[0], run_name='__main__')"
@@ -21,11 +21,13 @@ def run_child(module: str, *args: str) -> dict:
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB (ru_maxrss)."""
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def machine() -> dict:
+    """CPU count, Python version, processor and 1-minute load average."""
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.machine(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from biomm.bench.common import machine
+from biomm.resources import resource
 
-DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
+DATA = resource("data")
 TASK = "death_1y"
 QUESTIONS = ["What was the most recent diagnosis?", "What was the last systolic blood pressure?",
              "Does the latest chest X-ray show pneumonia?"]
@@ -29,18 +30,18 @@ QUESTIONS = ["What was the most recent diagnosis?", "What was the last systolic 
 def build_demo(root: Path, n_patients: int = 60) -> tuple[Path, Path]:
     """The demo-sized clinical cohort (Synthea FHIR, the patients with chest imaging first, plus linked
     PneumoniaMNIST X-rays) and the tiny model trained on it, with the death_1y and QA heads fitted."""
-    from biomm.bundle import load
-    from biomm.config import FhirIngestConfig, load_config
+    from biomm.model.bundle import load
+    from biomm.config import load_config
     from biomm.data.tasks import load_tasks
     from biomm.eval.clinical import evaluate_clinical
-    from biomm.export import export
-    from biomm.heads.qa import train_qa
-    from biomm.heads.qa_config import QAConfig
-    from biomm.ingest.demo_linkage import make_linked_xrays
-    from biomm.ingest.dicom import ingest_dicom
-    from biomm.ingest.fhir import ingest_fhir
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.model.export import export
+    from biomm.heads.qa.train import train_qa
+    from biomm.heads.qa.config import QAConfig
+    from biomm.ingest.demo.xrays import make_linked_xrays
+    from biomm.ingest.ehr import fhir
+    from biomm.ingest.imaging import dicom
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     files = sorted((DATA / "synthea").glob("*.json.gz"))
     chest = [f for f in files if b"thoracic" in gzip.decompress(f.read_bytes()).lower()]
@@ -49,9 +50,10 @@ def build_demo(root: Path, n_patients: int = 60) -> tuple[Path, Path]:
     src.mkdir(parents=True)
     for f in chosen:
         (src / f.name).symlink_to(f)
-    ingest_fhir([src], cohort, FhirIngestConfig())
+    fhir.ingest([src], cohort, progress=False)
     make_linked_xrays(src, DATA / "pneumoniamnist.npz", root / "xrays", seed=0)
-    ingest_dicom(sorted((root / "xrays").glob("*.dcm")), cohort, {"preprocess": {"spatial_size_2d": [32, 32]}})
+    dicom.ingest(sorted((root / "xrays").glob("*.dcm")), cohort, {"preprocess": {"spatial_size_2d": [32, 32]}},
+                 progress=False)
     configs = Path(__file__).resolve().parents[2] / "configs"
     cfg = load_train_config(configs / "train" / "clinical_tiny.yaml",
                             ["trainer.max_steps=20", "trainer.val_every_n_steps=20", "trainer.checkpoint_every_n_steps=20"])
@@ -62,7 +64,8 @@ def build_demo(root: Path, n_patients: int = 60) -> tuple[Path, Path]:
     return Path(model), cohort
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -75,7 +78,8 @@ def _start_server(model: Path, cohort: Path, token: str, port: int, threads: int
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the server at `base` answers /health; RuntimeError if it exits or is not ready in time."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -167,6 +171,7 @@ def index_vs_numpy(vectors: np.ndarray, n: int = 100_000, queries: int = 300, k:
 
 def run(model: Path | None, cohort: Path | None, seconds: float = 30, clients: int = 16, index_size: int = 100_000,
         server_threads: int = 1, seed: int = 0) -> dict[str, Any]:
+    """The whole benchmark (demo build unless a model and cohort are given, load test, index comparison) as one JSON-able dict."""
     if not 1 <= seconds <= 300 or not 1 <= clients <= 64:
         raise ValueError("bounded load only: 1 <= seconds <= 300 and 1 <= clients <= 64")
     with tempfile.TemporaryDirectory(prefix="biomm-bench-serve-") as tmp:
@@ -178,12 +183,12 @@ def run(model: Path | None, cohort: Path | None, seconds: float = 30, clients: i
 
         with Cohort(cohort, create=False, read_only=True) as c:
             subjects = c.subjects()
-        token, port = secrets.token_urlsafe(24), _free_port()
+        token, port = secrets.token_urlsafe(24), free_port()
         base = f"http://127.0.0.1:{port}"
         proc = _start_server(Path(model), Path(cohort), token, port, server_threads)
         try:
             t0 = time.perf_counter()
-            _wait_ready(base, proc)
+            wait_ready(base, proc)
             startup_s = time.perf_counter() - t0
             asyncio.run(_load(base, token, subjects[:5], 2, 2, seed))  # warm-up (first QA call loads the LM)
             load = asyncio.run(_load(base, token, subjects, clients, seconds, seed))

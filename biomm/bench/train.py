@@ -21,18 +21,19 @@ import time
 from pathlib import Path
 
 from biomm.bench.common import machine, peak_rss_mib, run_child
+from biomm.resources import resource
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(__file__).resolve().parents[1] / "resources" / "data"
+DATA = resource("data")
 CONFIGS = {"clinical": ROOT / "configs" / "train" / "clinical_tiny.yaml",
            "cell": ROOT / "configs" / "train" / "cell_tiny.yaml"}
 
 
 def build_clinical_cohort(work: Path) -> Path:
     """The demo's clinical cohort: Synthea FHIR + linked chest X-rays (DICOM, 32x32)."""
-    from biomm.ingest.demo_linkage import make_linked_xrays
-    from biomm.ingest.dicom import ingest_dicom
-    from biomm.ingest.fhir import FhirIngestConfig, ingest_fhir
+    from biomm.ingest.demo.xrays import make_linked_xrays
+    from biomm.ingest.ehr import fhir
+    from biomm.ingest.imaging import dicom
 
     cohort = work / "clinical_cohort"
     done = work / "clinical.done"
@@ -40,10 +41,10 @@ def build_clinical_cohort(work: Path) -> Path:
         return cohort
     synthea = DATA / "synthea"
     xrays = work / "xrays"
-    ingest_fhir([synthea], cohort, FhirIngestConfig(deid={"key": "bench"}))
+    fhir.ingest([synthea], cohort, {"deid": {"key": "bench"}}, progress=False)
     make_linked_xrays(synthea, DATA / "pneumoniamnist.npz", xrays, seed=0)
-    ingest_dicom(sorted(xrays.glob("*.dcm")), cohort,
-                 {"deid": {"key": "bench"}, "preprocess": {"spatial_size_2d": [32, 32]}})
+    dicom.ingest(sorted(xrays.glob("*.dcm")), cohort,
+                 {"deid": {"key": "bench"}, "preprocess": {"spatial_size_2d": [32, 32]}}, progress=False)
     done.touch()
     return cohort
 
@@ -52,7 +53,7 @@ def build_cell_cohort(work: Path) -> Path:
     """scanpy's pbmc68k_reduced (700 cells, 10 bulk labels) as a cell cohort."""
     import scanpy as sc
 
-    from biomm.ingest.omics import ingest_omics
+    from biomm.ingest.omics.anndata import ingest
 
     cohort = work / "cell_cohort"
     done = work / "cell.done"
@@ -60,7 +61,7 @@ def build_cell_cohort(work: Path) -> Path:
         return cohort
     path = work / "pbmc68k_reduced.h5ad"
     sc.datasets.pbmc68k_reduced().write_h5ad(path)
-    ingest_omics([path], cohort, label_keys=["bulk_labels"], progress=False)
+    ingest([path], cohort, {"label_keys": ["bulk_labels"]}, progress=False)
     done.touch()
     return cohort
 
@@ -113,7 +114,7 @@ def _throughput_callback(warmup: int):
 def _loader_alone_s_per_step(cfg, cohort: str, out: Path, warmup: int) -> float:
     """Seconds per batch of the training loader iterated on its own (same config, steps and worker count):
     what of the between-steps wait is the loader, the rest being Lightning's own per-step work (logging)."""
-    from biomm.train import prepare_run, train_loader
+    from biomm.train.run import prepare_run, train_loader
 
     dm, _ = prepare_run(cfg, cohort, out)
     it = iter(train_loader(dm, cfg, 0))
@@ -129,8 +130,8 @@ def child_main(preset: str, precision: str, cohort: str, steps: str, warmup: str
     """Child process: one training run; prints its throughput, loader fraction and peak RSS."""
     import torch
 
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
@@ -147,6 +148,7 @@ def child_main(preset: str, precision: str, cohort: str, steps: str, warmup: str
 
 
 def run(steps: int = 30, warmup: int = 5, repeats: int = 2, threads: int = 1, work: Path | None = None) -> dict:
+    """Build both cohorts, train each preset at fp32 and bf16 in interleaved child runs, and return the report dict."""
     work = Path(work or Path(tempfile.gettempdir()) / "biomm-bench-train")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from biomm.cli import bench_app
-from biomm.commands._common import dump_json
+from biomm.commands.apps import bench_app
+from biomm.commands.common import dump_json
 
 
 @bench_app.command("ingest-fhir")

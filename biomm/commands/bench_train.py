@@ -5,8 +5,8 @@ from pathlib import Path
 
 import typer
 
-from biomm.cli import bench_app
-from biomm.commands._common import dump_json
+from biomm.commands.apps import bench_app
+from biomm.commands.common import dump_json
 
 
 @bench_app.command("train")

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
-from biomm.commands._common import console, dump_json, user_errors
+from biomm.commands.apps import app
+from biomm.commands.common import console, dump_json, user_errors
 from biomm.pipeline import PipelineContext, step
 
 cells_app = typer.Typer(help="Virtual-cell heads: annotation probe, perturbation response.", no_args_is_help=True)
@@ -15,22 +15,25 @@ app.add_typer(cells_app, name="cells")
 
 
 def fit_annotator(model: str | Path, cohort: str | Path) -> dict:
-    from biomm.heads.virtual_cell import VirtualCell
+    """Fit and save the annotation probe on the cohort's training cells; returns its classes."""
+    from biomm.heads.cells.virtual_cell import VirtualCell
 
     probe = VirtualCell.open(model, cohort).fit_annotator("train")
     return {"classes": list(probe.classes)}
 
 
 def simulate(cohort: str | Path, out: str | Path, n_targets: int, seed: int) -> dict:
-    from biomm.heads.cells import cohort_cells_file
-    from biomm.heads.perturb_sim import simulate_knockdowns
+    """Write simulated knock-downs of the cohort's cells; returns the file and the perturbed genes."""
+    from biomm.heads.cells.cellset import cohort_cells_file
+    from biomm.ingest.demo.perturbations import simulate_knockdowns
 
     path, targets = simulate_knockdowns(cohort_cells_file(Path(cohort)), Path(out), n_targets=n_targets, seed=seed)
     return {"data": str(path), "targets": targets, "simulated": True}
 
 
 def fit_perturbation(model: str | Path, cohort: str | Path, data: str | Path, holdout: list[str], group_key: str | None) -> dict:
-    from biomm.heads.virtual_cell import VirtualCell
+    """Fit and save the perturbation head; returns the trained perturbations and the held-out metrics."""
+    from biomm.heads.cells.virtual_cell import VirtualCell
 
     vc = VirtualCell.open(model, cohort)
     cfg = vc.cfg.perturbation.model_copy(update={"group_key": group_key} if group_key else {})
@@ -78,11 +81,13 @@ def write_pbmc_step(ctx: PipelineContext, out: str) -> dict:
 
 @step("fit_annotator")
 def fit_annotator_step(ctx: PipelineContext, model: str, cohort: str) -> dict:
+    """Pipeline step: fit the annotation probe."""
     return fit_annotator(ctx.path(model), ctx.path(cohort))
 
 
 @step("simulate_perturbation")
 def simulate_step(ctx: PipelineContext, cohort: str, out: str, targets: int = 12, seed: int = 0) -> dict:
+    """Pipeline step: simulated Perturb-seq data from the cohort's cells."""
     info = simulate(ctx.path(cohort), ctx.path(out), targets, seed)
     console.print(f"SIMULATED perturbations of real cells: {', '.join(info['targets'])}")
     return info

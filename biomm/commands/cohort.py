@@ -6,11 +6,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from biomm.cli import cohort_app
-from biomm.commands._common import dump_json, out, user_errors
+from biomm.commands.apps import cohort_app
+from biomm.commands.common import dump_json, out, user_errors
+from biomm.modalities import MODALITIES
 from biomm.pipeline import PipelineContext, step
-from biomm.store.cohort import Cohort
-from biomm.store.summary import cohort_summary
 
 
 def _table(title: str, rows: dict) -> Table:
@@ -21,6 +20,7 @@ def _table(title: str, rows: dict) -> Table:
 
 
 def print_cohort_summary(info: dict) -> None:
+    """`cohort info` as tables: subjects, EHR events, each modality's section, the quarantine."""
     out.print(f"[bold]cohort[/] {info['cohort']}  (de-identified: {'yes' if info['deid'] else 'no'})")
     out.print(_table("subjects", {"total": info["subjects"], **{f"kind {k}": v for k, v in info["subjects_by_kind"].items()},
                                   **{f"with {k}": v for k, v in info["subjects_by_modality"].items()},
@@ -29,8 +29,8 @@ def print_cohort_summary(info: dict) -> None:
     if ehr.get("events"):
         out.print(_table("EHR events", {"events": ehr["events"], "from": ehr["time_min"], "to": ehr["time_max"],
                                         **{f"system {k}": v for k, v in ehr["events_per_code_system"].items()}}))
-    for modality in ("imaging", "omics", "sequence"):
-        if modality in info:
+    for modality in MODALITIES:
+        if modality != "ehr" and isinstance(info.get(modality), dict):
             flat = {k: v for k, v in info[modality].items()}
             out.print(_table(modality, flat))
     q = info["quarantine"]
@@ -46,6 +46,9 @@ def info_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object"),
 ) -> None:
     """Subjects, events per code system, modalities present, and the quarantine."""
+    from biomm.store.cohort import Cohort
+    from biomm.store.summary import cohort_summary
+
     with user_errors(), Cohort(cohort, create=False, read_only=True) as c:
         info = cohort_summary(c)
     if as_json:
@@ -56,6 +59,10 @@ def info_cmd(
 
 @step("cohort_info")
 def cohort_info_step(ctx: PipelineContext, cohort: str) -> dict:
+    """Pipeline step: print and return the cohort summary."""
+    from biomm.store.cohort import Cohort
+    from biomm.store.summary import cohort_summary
+
     with Cohort(ctx.path(cohort), create=False) as c:
         info = cohort_summary(c)
     print_cohort_summary(info)

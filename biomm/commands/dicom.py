@@ -7,9 +7,25 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import bench_app, ingest_app
-from biomm.commands._common import print_summary, user_errors
+from biomm.commands.apps import bench_app, ingest_app
+from biomm.commands.common import print_summary, user_errors
+from biomm.config import load_config
 from biomm.pipeline import PipelineContext, step
+
+
+def _config(config: Path | None, overrides: list[str], no_deid: bool, deid_key: str | None,
+            studies: list[str] | None = None):
+    """The DicomIngestConfig of a command line: the YAML, its `--set` overrides, then the flags."""
+    from biomm.ingest.imaging.config import DicomIngestConfig
+
+    cfg = load_config(DicomIngestConfig, config, overrides)
+    if no_deid:
+        cfg.deid.enabled = False
+    if deid_key:
+        cfg.deid.key = deid_key
+    if studies:
+        cfg.studies = list(studies)
+    return cfg
 
 
 @ingest_app.command("dicom")
@@ -23,11 +39,10 @@ def ingest_dicom_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
 ) -> None:
     """Ingest DICOM series (2D images, volumes, multi-frame) as de-identified, preprocessed tensors."""
-    from biomm.ingest.dicom import ingest_dicom
+    from biomm.ingest.imaging.dicom import ingest
 
     with user_errors():
-        summary = ingest_dicom(sources, cohort, config, set_, deid=False if no_deid else None, deid_key=deid_key,
-                               show_progress=not as_json)
+        summary = ingest(sources, cohort, _config(config, set_, no_deid, deid_key), progress=not as_json)
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -46,12 +61,11 @@ def ingest_dicomweb_cmd(
     """Pull studies from a PACS (QIDO-RS + WADO-RS) through the DICOM series pipeline."""
     import requests
 
-    from biomm.ingest.dicomweb import ingest_dicomweb
+    from biomm.ingest.imaging.dicomweb import ingest
 
     with user_errors():
         try:
-            summary = ingest_dicomweb(url, cohort, study or None, config, set_, deid=False if no_deid else None,
-                                      deid_key=deid_key, show_progress=not as_json)
+            summary = ingest([url], cohort, _config(config, set_, no_deid, deid_key, study), progress=not as_json)
         except requests.RequestException as exc:
             raise ValueError(f"DICOMweb request to {url} failed: {exc}") from None
     print_summary(summary, as_json)
@@ -64,7 +78,7 @@ def bench_ingest_dicom(
     workers: int = typer.Option(0, help="Decoding processes for biomm (0 = one per core)"),
 ) -> None:
     """Series/s from DICOM files to a cached preprocessed tensor: biomm vs plain MONAI PydicomReader."""
-    from biomm.ingest.dicom_bench import bench
+    from biomm.bench.ingest_dicom import bench
 
     print(json.dumps(bench(repeats=repeats, workers=workers)))
 
@@ -72,10 +86,10 @@ def bench_ingest_dicom(
 @step("ingest_dicom")
 def ingest_dicom_step(ctx: PipelineContext, sources: list[str], cohort: str, config: dict | str | None = None) -> dict:
     """Pipeline step: `with: {sources: [...], cohort: ..., config: {...} or path}`."""
-    from biomm.ingest.dicom import ingest_dicom
+    from biomm.ingest.imaging.dicom import ingest
 
     cfg = str(ctx.path(config)) if isinstance(config, str) else config
-    summary = ingest_dicom([ctx.path(s) for s in sources], ctx.path(cohort), cfg, show_progress=True)
+    summary = ingest([ctx.path(s) for s in sources], ctx.path(cohort), cfg)
     print_summary(summary, as_json=False)
     return summary.model_dump()
 
@@ -84,7 +98,7 @@ def ingest_dicom_step(ctx: PipelineContext, sources: list[str], cohort: str, con
 def make_linked_xrays_step(ctx: PipelineContext, synthea: str = "biomm/resources/data/synthea",
                            npz: str = "biomm/resources/data/pneumoniamnist.npz", out: str = "{workdir}/xrays",
                            seed: int = 0) -> dict:
-    """Pipeline step: DICOM chest X-rays for the Synthea thoracic ImagingStudies (see demo_linkage)."""
-    from biomm.ingest.demo_linkage import make_linked_xrays
+    """Pipeline step: DICOM chest X-rays for the Synthea thoracic ImagingStudies (see biomm.ingest.demo.xrays)."""
+    from biomm.ingest.demo.xrays import make_linked_xrays
 
     return make_linked_xrays(ctx.path(synthea), ctx.path(npz), ctx.path(out), seed)

@@ -6,10 +6,10 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import ingest_app
-from biomm.commands._common import print_summary, user_errors
-from biomm.config import FhirIngestConfig, load_config
-from biomm.ingest.fhir import ingest_fhir
+from biomm.commands.apps import ingest_app
+from biomm.commands.common import print_summary, user_errors
+from biomm.config import load_config
+from biomm.ingest.ehr.config import FhirIngestConfig
 from biomm.pipeline import PipelineContext, step
 
 
@@ -25,6 +25,8 @@ def ingest_fhir_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
 ) -> None:
     """Ingest FHIR R4 into a cohort as de-identified MEDS events; bad input goes to quarantine."""
+    from biomm.ingest.ehr.fhir import ingest
+
     with user_errors():
         cfg = load_config(FhirIngestConfig, config, set_)
         if strict:
@@ -33,14 +35,16 @@ def ingest_fhir_cmd(
             cfg.deid.enabled = False
         if deid_key:
             cfg.deid.key = deid_key
-        summary = ingest_fhir(sources, cohort, cfg, show_progress=not as_json)
+        summary = ingest(sources, cohort, cfg, progress=not as_json)
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
 
 @step("ingest_fhir")
 def ingest_fhir_step(ctx: PipelineContext, sources: list[str], cohort: str, config: dict | None = None) -> dict:
-    cfg = load_config(FhirIngestConfig, config or {})
-    summary = ingest_fhir([ctx.path(s) for s in sources], ctx.path(cohort), cfg, show_progress=True)
+    """Pipeline step: `with: {sources: [...], cohort: DIR, config: {...}}`."""
+    from biomm.ingest.ehr.fhir import ingest
+
+    summary = ingest([ctx.path(s) for s in sources], ctx.path(cohort), load_config(FhirIngestConfig, config or {}))
     print_summary(summary, as_json=False)
     return summary.model_dump()

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import typer
 
-from biomm.cli import cohort_app
-from biomm.commands._common import console, user_errors
+from biomm.commands.apps import cohort_app
+from biomm.commands.common import console, user_errors
 from biomm.pipeline import PipelineContext, step
-from biomm.store.cohort import Cohort
 
 LABEL = "xray_pneumonia"
 
 
 def import_xray_labels(cohort: str | Path, linkage_csv: str | Path) -> dict:
-    from biomm.heads.qa_questions import xray_labels
+    """Label each linked X-ray series of the cohort with its class from linkage.csv; returns the counts."""
+    from biomm.heads.qa.questions import xray_labels
+    from biomm.store.cohort import Cohort
 
     n = positives = 0
     with Cohort(cohort, create=False) as c:
@@ -45,6 +46,7 @@ def label_xrays_cmd(cohort: Path = typer.Argument(..., help="Cohort folder"),
 
 @step("import_xray_labels")
 def import_xray_labels_step(ctx: PipelineContext, cohort: str, linkage: str) -> dict:
+    """Pipeline step: `with: {cohort: DIR, linkage: linkage.csv}`."""
     info = import_xray_labels(ctx.path(cohort), ctx.path(linkage))
     console.print(f"{info['labels']} X-ray labels ({info['positives']} pneumonia)")
     return info

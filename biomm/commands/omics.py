@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import bench_app, ingest_app
-from biomm.commands._common import print_summary, user_errors
+from biomm.commands.apps import bench_app, ingest_app
+from biomm.commands.common import print_summary, user_errors
 from biomm.config import load_config
-from biomm.ingest.omics import OmicsIngestConfig, ingest_omics
 from biomm.pipeline import PipelineContext, step
 
 
@@ -24,9 +23,13 @@ def ingest_omics_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
 ) -> None:
     """Ingest single-cell omics: detect what X holds, run the matching scanpy recipe, register cells as subjects."""
+    from biomm.ingest.omics.anndata import ingest
+    from biomm.ingest.omics.config import OmicsIngestConfig
+
     with user_errors():
         cfg = load_config(OmicsIngestConfig, config, set_)
-        summary = ingest_omics(sources, cohort, cfg, label_keys=label_key, progress=not as_json)
+        cfg.label_keys = list(dict.fromkeys([*cfg.label_keys, *label_key]))
+        summary = ingest(sources, cohort, cfg, progress=not as_json)
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -40,7 +43,7 @@ def bench_omics_loader(
     batch_size: int = typer.Option(256, "--batch-size"),
 ) -> None:
     """Cells/s into shuffled minibatches and peak RSS: biomm's chunk loader vs anndata's AnnLoader (one JSON object)."""
-    from biomm.ingest.omics_bench import run_bench
+    from biomm.bench.omics_loader import run_bench
 
     print(json.dumps(run_bench(cells, scale, max_cells, max_seconds, batch_size), indent=2))
 
@@ -49,7 +52,11 @@ def bench_omics_loader(
 def ingest_omics_step(ctx: PipelineContext, sources: list[str], cohort: str, config: dict | str | None = None,
                       label_keys: list[str] | None = None) -> dict:
     """Pipeline step: `with: {sources: [...], cohort: DIR, config: {..} or YAML path, label_keys: [...]}`."""
+    from biomm.ingest.omics.anndata import ingest
+    from biomm.ingest.omics.config import OmicsIngestConfig
+
     cfg = load_config(OmicsIngestConfig, ctx.path(config) if isinstance(config, str) else (config or {}))
-    summary = ingest_omics([ctx.path(s) for s in sources], ctx.path(cohort), cfg, label_keys=label_keys or [])
+    cfg.label_keys = list(dict.fromkeys([*cfg.label_keys, *(label_keys or [])]))
+    summary = ingest([ctx.path(s) for s in sources], ctx.path(cohort), cfg)
     print_summary(summary, as_json=False)
     return summary.model_dump()

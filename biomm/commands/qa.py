@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
-from biomm.commands._common import console, dump_json, user_errors
+from biomm.commands.apps import app
+from biomm.commands.common import console, dump_json, user_errors
 from biomm.pipeline import PipelineContext, step
 
 qa_app = typer.Typer(help="Question answering about patients: fused latents -> a causal LM (LLaVA stage 2).",
@@ -17,7 +17,7 @@ app.add_typer(qa_app, name="qa")
 
 def _config(config: Path | None, overrides: list[str]):
     from biomm.config import load_config
-    from biomm.heads.qa_config import QAConfig
+    from biomm.heads.qa.config import QAConfig
 
     return load_config(QAConfig, config, overrides)
 
@@ -30,7 +30,7 @@ def train_cmd(
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
 ) -> None:
     """Train the QA head on the training patients; save it in MODEL/heads/qa; print metrics as JSON."""
-    from biomm.heads.qa import train_qa
+    from biomm.heads.qa.train import train_qa
 
     with user_errors():
         metrics = train_qa(model, cohort, _config(config, set_), progress=True)
@@ -45,7 +45,7 @@ def eval_cmd(
     xray_labels: Optional[Path] = typer.Option(None, "--xray-labels", help="Linkage CSV (default: the head's config)"),
 ) -> None:
     """Exact match and token F1 per question type, with the majority baselines, as JSON."""
-    from biomm.heads.qa import evaluate_qa
+    from biomm.heads.qa.train import evaluate_qa
 
     with user_errors():  # QueryError is a ValueError: one clear line, exit code 2
         dump_json(evaluate_qa(model, cohort, split, str(xray_labels) if xray_labels else None))
@@ -59,7 +59,7 @@ def ask_cmd(
     question: str = typer.Option(..., "--question", help="e.g. 'Does the chest X-ray show pneumonia?'"),
 ) -> None:
     """Answer one question about one subject; prints the QueryResponse JSON (answer and evidence)."""
-    from biomm.heads.qa import answer
+    from biomm.heads.qa.service import answer
 
     with user_errors():  # QueryError is a ValueError: one clear line, exit code 2
         print(answer(model, cohort, subject, question).model_dump_json(indent=2))
@@ -69,7 +69,7 @@ def ask_cmd(
 def train_qa_step(ctx: PipelineContext, model: str, cohort: str, config: str | None = None,
                   xray_labels: str | None = None, set: list[str] | None = None) -> dict:
     """Pipeline step: train the QA head of an exported model (xray_labels: e.g. {workdir}/xrays/linkage.csv)."""
-    from biomm.heads.qa import train_qa
+    from biomm.heads.qa.train import train_qa
 
     overrides = list(set or [])
     if xray_labels:

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
-from biomm.commands._common import console, dump_json, out, user_errors
+from biomm.commands.apps import app
+from biomm.commands.common import console, dump_json, out, user_errors
 from biomm.pipeline import PipelineContext, step
 
 
@@ -71,7 +71,7 @@ def query_cmd(
 ) -> None:
     """Ask the model: a task for a subject, a question, similar subjects, cell annotation or perturbation."""
     from biomm.query.engine import QueryEngine
-    from biomm.query.schema import QueryError, QueryRequest
+    from biomm.schema import QueryError, QueryRequest
 
     if task:
         req = dict(kind="task", subject=subject, task=task)
@@ -121,6 +121,7 @@ def eval_cmd(
 
 @step("embed")
 def embed_step(ctx: PipelineContext, model: str, cohort: str) -> dict:
+    """Pipeline step: `biomm embed`."""
     from biomm.query.embed import embed_cohort
 
     return embed_cohort(ctx.path(model), ctx.path(cohort))
@@ -128,6 +129,7 @@ def embed_step(ctx: PipelineContext, model: str, cohort: str) -> dict:
 
 @step("eval")
 def eval_step(ctx: PipelineContext, model: str, cohort: str, out: str | None = None, tasks: list[str] | None = None) -> dict:
+    """Pipeline step: `biomm eval`; returns the report path."""
     from biomm.eval.run import run_eval
 
     report, path = run_eval(ctx.path(model), ctx.path(cohort), ctx.path(out) if out else None, tasks or [], [])
@@ -140,7 +142,7 @@ def query_step(ctx: PipelineContext, model: str, cohort: str, queries: list[dict
     """Answer each query (QueryRequest fields); `subject: "@first"` takes a subject with every modality,
     `gene: "@simulated"` a gene perturbed by this pipeline's simulate_perturbation step."""
     from biomm.query.engine import QueryEngine
-    from biomm.query.schema import QueryRequest
+    from biomm.schema import QueryRequest
 
     engine = QueryEngine(ctx.path(model), ctx.path(cohort))
     answers = []

@@ -6,10 +6,11 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
-from biomm.commands._common import console, user_errors
+from biomm.commands import command_modules
+from biomm.commands.apps import app
+from biomm.commands.common import console, user_errors
 from biomm.config import PipelineConfig, load_config, write_schemas
-from biomm.pipeline import run_pipeline
+from biomm.pipeline import collect_steps, run_pipeline
 
 
 @app.command("run")
@@ -21,7 +22,7 @@ def run_cmd(
     """Run a pipeline: its steps in order (ingest -> train -> evaluate -> query)."""
     with user_errors():
         cfg = load_config(PipelineConfig, pipeline, set_)
-        run_pipeline(cfg, Path.cwd(), only=only)
+        run_pipeline(cfg, Path.cwd(), collect_steps(command_modules()), only=only, console=console)
     console.print(f"[bold green]pipeline {cfg.name} finished[/]")
 
 

@@ -6,10 +6,10 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import ingest_app
-from biomm.commands._common import print_summary, user_errors
+from biomm.commands.apps import ingest_app
+from biomm.commands.common import print_summary, user_errors
 from biomm.config import load_config
-from biomm.ingest.sequence import SequenceIngestConfig, ingest_fasta
+from biomm.ingest.sequence.config import SequenceIngestConfig
 from biomm.pipeline import PipelineContext, step
 
 
@@ -26,6 +26,8 @@ def ingest_fasta_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
 ) -> None:
     """Ingest DNA or protein sequences; each bad record is quarantined with its reason, the rest kept."""
+    from biomm.ingest.sequence.fasta import ingest
+
     with user_errors():
         cfg = load_config(SequenceIngestConfig, config, set_)
         if alphabet:
@@ -36,7 +38,7 @@ def ingest_fasta_cmd(
             cfg.id_regex = id_regex
         if map_csv:
             cfg.map_csv, cfg.map_column = str(map_csv), map_column
-        summary = ingest_fasta(sources, cohort, cfg, progress=not as_json)
+        summary = ingest(sources, cohort, cfg, progress=not as_json)
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -44,9 +46,11 @@ def ingest_fasta_cmd(
 @step("ingest_fasta")
 def ingest_fasta_step(ctx: PipelineContext, sources: list[str], cohort: str, config: dict | None = None) -> dict:
     """Pipeline step: `with: {sources: [...], cohort: DIR, config: {alphabet: dna, id_regex: ..., map_csv: ...}}`."""
+    from biomm.ingest.sequence.fasta import ingest
+
     cfg = dict(config or {})
     if cfg.get("map_csv"):
         cfg["map_csv"] = str(ctx.path(cfg["map_csv"]))
-    summary = ingest_fasta([ctx.path(s) for s in sources], ctx.path(cohort), load_config(SequenceIngestConfig, cfg))
+    summary = ingest([ctx.path(s) for s in sources], ctx.path(cohort), load_config(SequenceIngestConfig, cfg))
     print_summary(summary, as_json=False)
     return summary.model_dump()

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app, bench_app
-from biomm.commands._common import console
+from biomm.commands.apps import app, bench_app
+from biomm.commands.common import console
 
 
 @app.command("serve")
@@ -64,7 +64,7 @@ def bench_serve_cmd(
     """Load test of `biomm serve` on loopback (task/question/similarity mix; p50/p95/p99, throughput, errors)
     and the faiss index against an exact numpy scan at 100,000 subjects. Prints one JSON object."""
     from biomm.bench.serve import run
-    from biomm.commands._common import dump_json, user_errors
+    from biomm.commands.common import dump_json, user_errors
 
     if (model is None) != (cohort is None):
         console.print("[red]error:[/] give both --model and --cohort, or neither (the demo is built)")

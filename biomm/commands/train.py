@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from biomm.cli import app
-from biomm.commands._common import console, dump_json, user_errors
+from biomm.commands.apps import app
+from biomm.commands.common import console, dump_json, user_errors
 from biomm.pipeline import PipelineContext, step
 
 
@@ -21,8 +21,8 @@ def train_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON"),
 ) -> None:
     """Train cross-modal embeddings on a cohort (Lightning; resumable; DDP/FSDP by config)."""
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     if (out is None) == (resume is None):
         console.print("[red]error:[/] give --out RUN_DIR for a new run or --resume RUN_DIR to continue one")
@@ -40,7 +40,7 @@ def export_cmd(
     to: Path = typer.Option(..., "--to", help="Folder for the self-contained model"),
 ) -> None:
     """Write a self-contained model: safetensors weights, config, vocabularies, model card."""
-    from biomm.export import export
+    from biomm.model.export import export
 
     with user_errors():
         path = export(run, to)
@@ -49,8 +49,9 @@ def export_cmd(
 
 @step("train")
 def train_step(ctx: PipelineContext, config: str, cohort: str, out: str, set: list[str] | None = None) -> dict:
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    """Pipeline step: train from scratch into `out`; returns the run folder and final metrics."""
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     cfg = load_train_config(ctx.path(config), set or [])
     run = ctx.path(out)
@@ -65,6 +66,7 @@ def train_step(ctx: PipelineContext, config: str, cohort: str, out: str, set: li
 
 @step("export")
 def export_step(ctx: PipelineContext, run: str, to: str) -> dict:
-    from biomm.export import export
+    """Pipeline step: export a finished run; returns the model folder."""
+    from biomm.model.export import export
 
     return {"model": str(export(ctx.path(run), ctx.path(to)))}

@@ -8,9 +8,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import torch
+
+from biomm.config import ConfigError
+from biomm.data.samples import Sample
+from biomm.data.source import ModalitySource, SourceContext
+from biomm.store.events import code_statistics, read_events
+from biomm.types import ModalityInput
 
 PAD, MASK, UNK = 0, 1, 2
 SPECIAL = ("<pad>", "<mask>", "<unk>")
@@ -18,7 +23,14 @@ EPOCH = np.datetime64("1970-01-01T00:00:00", "us")
 
 
 def days_since_epoch(t: np.ndarray) -> np.ndarray:
+    """Float days since 1970-01-01 of the datetime64 array `t` (same shape)."""
     return (t.astype("datetime64[us]") - EPOCH).astype(np.float64) / 86_400e6
+
+
+def day_to_iso(day: float) -> str:
+    """Days since the epoch -> ISO timestamp rounded to the nearest second ('2019-03-04T10:15:00'):
+    the one way every answer's evidence writes an event time."""
+    return str((EPOCH + np.timedelta64(int(round(day * 86_400)), "s")).astype("datetime64[s]"))
 
 
 @dataclass
@@ -31,32 +43,30 @@ class EhrVocab:
 
     @property
     def size(self) -> int:
+        """Number of ids, special tokens included."""
         return len(SPECIAL) + len(self.codes)
 
     def __post_init__(self) -> None:
         self._index = {c: i + len(SPECIAL) for i, c in enumerate(self.codes)}
 
     def id(self, code: str) -> int:
+        """Id of `code` (`<unk>` if unknown)."""
         return self._index.get(code, UNK)
 
     def code(self, idx: int) -> str:
+        """The code (or special token) of id `idx`."""
         return SPECIAL[idx] if idx < len(SPECIAL) else self.codes[idx - len(SPECIAL)]
 
     def ids(self, codes) -> np.ndarray:
+        """Ids [N] int64 of a sequence of N codes (unknown -> `<unk>`)."""
         get = self._index.get
         return np.fromiter((get(c, UNK) for c in codes), dtype=np.int64, count=len(codes))
 
     @classmethod
-    def build(cls, con: duckdb.DuckDBPyConnection, shards: list[str], subjects: list[str] | None = None,
-              min_count: int = 1, max_size: int | None = None) -> "EhrVocab":
+    def build(cls, cohort_root: str | Path, subjects: list[str] | None = None, min_count: int = 1,
+              max_size: int | None = None) -> "EhrVocab":
         """From the events of `subjects` (the training split: nothing of val/test leaks into it)."""
-        src = f"read_parquet({shards!r})"
-        where = _only_subjects(con, subjects)
-        rows = con.execute(
-            f"SELECT code, count(*) n, avg(numeric_value), stddev_pop(numeric_value) FROM {src} {where} "
-            f"GROUP BY code HAVING count(*) >= ? ORDER BY n DESC, code", [min_count]).fetchall()
-        if subjects is not None:
-            con.unregister("wanted_subjects")
+        rows = code_statistics(cohort_root, subjects, min_count)
         if max_size is not None:
             rows = rows[: max_size - len(SPECIAL)]
         return cls(
@@ -66,35 +76,23 @@ class EhrVocab:
         )
 
     def save(self, path: str | Path) -> None:
+        """Write the codes and value statistics as JSON."""
         Path(path).write_text(json.dumps({"codes": self.codes, "value_mean": self.value_mean, "value_std": self.value_std}))
 
     @classmethod
     def load(cls, path: str | Path) -> "EhrVocab":
+        """The vocabulary written by `save`."""
         d = json.loads(Path(path).read_text())
         return cls(d["codes"], d["value_mean"], d["value_std"])
-
-
-def _only_subjects(con: duckdb.DuckDBPyConnection, subjects: list[str] | None) -> str:
-    """A WHERE clause keeping `subjects` (registered as a table on `con`); empty for all subjects."""
-    if subjects is None:
-        return ""
-    import pyarrow as pa
-
-    con.register("wanted_subjects", pa.table({"subject_id": list(subjects)}))
-    return "WHERE subject_id IN (SELECT subject_id FROM wanted_subjects)"
-
-
-def event_shards(cohort_root: Path) -> list[str]:
-    return sorted(str(p) for p in (Path(cohort_root) / "ehr" / "events").glob("*.parquet"))
 
 
 class EhrEvents:
     """All events of a set of subjects, as arrays sorted by (subject, time), plus offsets per subject."""
 
     def __init__(self, cohort_root: str | Path, vocab: EhrVocab, subjects: list[str] | None = None):
-        shards = event_shards(Path(cohort_root))
         self.vocab = vocab
-        if not shards:
+        table = read_events(cohort_root, subjects)
+        if table is None:
             self.subjects: dict[str, tuple[int, int]] = {}
             self.codes_text = np.array([], dtype=object)
             self.codes = np.zeros(0, np.int64)
@@ -102,13 +100,6 @@ class EhrEvents:
             self.value_mask = np.zeros(0, bool)
             self.times = np.zeros(0, np.float64)
             return
-        con = duckdb.connect()
-        where = _only_subjects(con, subjects)
-        # events without a time (static facts when no birth date is known) go first in a subject's history
-        table = con.sql(
-            f"SELECT subject_id, time, code, numeric_value FROM read_parquet({shards!r}) {where} "
-            "ORDER BY subject_id, time NULLS FIRST, code").to_arrow_table()
-        con.close()
         sid = table.column("subject_id").to_numpy(zero_copy_only=False)
         times = table.column("time").to_numpy(zero_copy_only=False)
         codes = table.column("code").to_numpy(zero_copy_only=False)
@@ -149,6 +140,7 @@ class EhrEvents:
         return s, e
 
     def last_time(self, subject_id: str) -> float:
+        """Day (since the epoch) of the subject's last event."""
         s, e = self.subjects[subject_id]
         return float(self.times[e - 1])
 
@@ -199,7 +191,56 @@ class EhrEvents:
         s, e = self.span(subject_id, before)
         out = []
         for i in range(e - 1, max(s, e - k) - 1, -1):
-            day = EPOCH + np.timedelta64(int(self.times[i] * 86_400e6), "us")
-            out.append({"code": str(self.codes_text[i]), "time": str(day.astype("datetime64[s]")),
+            out.append({"code": str(self.codes_text[i]), "time": day_to_iso(float(self.times[i])),
                         "value_z": float(self.values[i]) if self.value_mask[i] else None})
         return out
+
+
+def check_vocabulary_coverage(ehr: EhrEvents, cohort_root: Path, minimum: float = 0.5) -> float:
+    """A saved vocabulary must know most of a cohort's events, else the model would read mostly <unk>:
+    a checkpoint trained on other data (another coding system, another site's codes)."""
+    if not len(ehr.codes):
+        return 1.0
+    known = float((ehr.codes != UNK).mean())
+    if known < minimum:
+        unknown = sorted(set(ehr.codes_text[ehr.codes == UNK]))[:5]
+        raise ConfigError(
+            f"the model's EHR vocabulary does not match cohort {cohort_root}: only {known:.0%} of its events have "
+            f"a known code (e.g. unknown: {', '.join(unknown)}); train or fine-tune a model on this kind of data")
+    return known
+
+
+class EhrSource(ModalitySource):
+    """EHR events for the model: each sample's most recent `max_events` events before its prediction time."""
+
+    name = "ehr"
+
+    def __init__(self, events: EhrEvents, max_events: int):
+        self.events, self.max_events = events, max_events
+
+    @classmethod
+    def open(cls, ctx: SourceContext) -> "EhrSource":
+        """Vocabulary from the training subjects' events (or the run's saved one), then every subject's events."""
+        path = ctx.artifact("ehr_vocab.json")
+        if ctx.load_artifacts and path is not None and path.exists():
+            vocab = EhrVocab.load(path)
+        else:
+            vocab = EhrVocab.build(ctx.root, ctx.train_ids, ctx.cfg.ehr_min_count)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                vocab.save(path)
+        events = EhrEvents(ctx.root, vocab)
+        if ctx.load_artifacts:
+            check_vocabulary_coverage(events, ctx.root)
+        return cls(events, ctx.cfg.max_events)
+
+    def batch(self, samples: list[Sample]) -> tuple[ModalityInput, dict]:
+        """codes/values/value_mask/times/mask `[B, L]`, prediction_time `[B]`; present `[B]`."""
+        tensors, present = self.events.tensors([s.subject_id for s in samples], self.max_events,
+                                               [s.prediction_time for s in samples])
+        return ModalityInput(tensors, present), {}
+
+    def sizes(self) -> dict[str, int]:
+        """The EHR adapter's vocabulary size."""
+        return {"vocab_size": max(self.events.vocab.size, 4)}
+

@@ -11,7 +11,10 @@ import torch
 from monai.transforms import Resize
 
 from biomm.data.ehr import days_since_epoch
-from biomm.ingest.dicom_preprocess import load_cached
+from biomm.data.samples import Sample
+from biomm.data.source import ModalitySource, SourceContext
+from biomm.types import ModalityInput
+from biomm.store.image_cache import load_cached
 
 
 def _study_day(provenance: dict) -> float:
@@ -74,6 +77,7 @@ class SubjectImages:
 
     def tensors(self, subject_ids: list[str], prediction_times: list[float | None] | None = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str | None]]:
+        """`{"image": [B, 1, *S]}`, present [B] bool, and the series uid used per subject (None where absent)."""
         shape = (1,) + (self.img_size,) * self.spatial_dims
         images, present, used = [], [], []
         for i, sid in enumerate(subject_ids):
@@ -87,3 +91,26 @@ class SubjectImages:
                 present.append(True)
                 used.append(hit[2].get("series_uid"))
         return {"image": torch.stack(images)}, torch.tensor(present), used
+
+
+class ImagingSource(ModalitySource):
+    """Imaging for the model: each sample's latest series before its prediction time, at the adapter's size."""
+
+    name = "imaging"
+
+    def __init__(self, images: SubjectImages):
+        self.images = images
+
+    @classmethod
+    def open(cls, ctx: SourceContext) -> "ImagingSource":
+        """Index the cohort's imaging records; inputs are resized to the adapter's `img_size` and rank."""
+        mods = tuple(ctx.cfg.imaging_modalities) if ctx.cfg.imaging_modalities else None
+        dims, size = getattr(ctx.adapter, "spatial_dims", 2), getattr(ctx.adapter, "img_size", 64)
+        return cls(SubjectImages(ctx.root, ctx.records, dims, size, mods))
+
+    def batch(self, samples: list[Sample]) -> tuple[ModalityInput, dict]:
+        """image `[B, 1, *size]` and present `[B]`; extras: the series uid used per sample."""
+        tensors, present, series = self.images.tensors([s.subject_id for s in samples],
+                                                       [s.prediction_time for s in samples])
+        return ModalityInput(tensors, present), {"imaging_series": series}
+

@@ -8,7 +8,6 @@ whose outcome cannot be known (follow-up shorter than the horizon) are dropped, 
 Shipped tasks live in biomm/resources/tasks/*.yaml; a user adds one by writing another YAML file."""
 from __future__ import annotations
 
-from datetime import datetime
 from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Literal
@@ -17,11 +16,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from biomm.config import ConfigError, StrictModel, load_config
-from biomm.data.datamodule import Sample
+from biomm.data.samples import Sample
 from biomm.data.ehr import EhrEvents, days_since_epoch
 
 
 class PredictionTimeSpec(StrictModel):
+    """When a task predicts: the anchor events that are candidate prediction times."""
+
     anchor_codes: list[str] = Field(..., min_length=1, description="Events whose times are candidate prediction times ('PREFIX/*' matches a system)")
     per_subject: int = Field(3, ge=1, description="At most this many prediction times per subject (seeded choice)")
     min_history_days: float = Field(365, ge=0, description="Events needed this long before the prediction time")
@@ -29,6 +30,8 @@ class PredictionTimeSpec(StrictModel):
 
 
 class LabelSpec(StrictModel):
+    """What a task predicts: an outcome code within a horizon, or a cohort label."""
+
     kind: Literal["code_within", "cohort_label"]
     codes: list[str] = Field(default_factory=list, description="Outcome codes (code_within); 'PREFIX/*' matches a system")
     horizon_days: float = Field(365, gt=0)
@@ -55,7 +58,8 @@ class TaskDef(StrictModel):
     requires: list[str] = Field(default_factory=list, description="Modalities a sample must have at its prediction time")
 
 
-def _matcher(patterns: list[str]):
+def code_matcher(patterns: list[str]):
+    """A function codes [N] -> bool [N]: which codes are one of `patterns` ('PREFIX/*' matches a system)."""
     exact = {p for p in patterns if not p.endswith("*")}
     prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
 
@@ -69,6 +73,7 @@ def _matcher(patterns: list[str]):
 
 
 def builtin_task_dir() -> Path:
+    """The folder of the shipped task YAML files."""
     return Path(str(importlib_resources.files("biomm.resources").joinpath("tasks")))
 
 
@@ -98,8 +103,8 @@ def _cohort_labels(cohort_root: Path, name: str) -> dict[str, list[tuple[float, 
 def build_samples(task: TaskDef, events: EhrEvents, cohort_root: str | Path,
                   subjects: list[str] | None = None) -> list[Sample]:
     """Samples of `task` for `subjects` (default: every subject with events), labels in `labels[task.name]`."""
-    anchor = _matcher(task.prediction_time.anchor_codes)
-    outcome = _matcher(task.label.codes) if task.label.codes else None
+    anchor = code_matcher(task.prediction_time.anchor_codes)
+    outcome = code_matcher(task.label.codes) if task.label.codes else None
     labels = _cohort_labels(Path(cohort_root), task.label.label_name) if task.label.kind == "cohort_label" else {}
     rng = np.random.default_rng(task.prediction_time.seed)
     horizon = task.label.horizon_days
@@ -134,12 +139,7 @@ def build_samples(task: TaskDef, events: EhrEvents, cohort_root: str | Path,
 
 
 def describe_samples(samples: list[Sample], task: str) -> dict:
+    """Counts of a task's samples: samples, subjects, positives and prevalence."""
     y = np.array([s.labels[task] for s in samples]) if samples else np.zeros(0)
     return {"samples": len(samples), "subjects": len({s.subject_id for s in samples}), "positives": int(y.sum()),
             "prevalence": float(y.mean()) if len(y) else 0.0}
-
-
-def day_to_iso(day: float) -> str:
-    """Days since the epoch -> ISO timestamp to the second (as `EhrEvents.top_events` writes times)."""
-    return (datetime(1970, 1, 1) + np.timedelta64(int(day * 86_400e6), "us").item()).isoformat(timespec="seconds")
-

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
-from biomm.bundle import LoadedModel
+from biomm.model.bundle import LoadedModel
 from biomm.eval import plots
 from biomm.query.index import VectorIndex
 
@@ -57,7 +57,8 @@ def _expression(cells) -> np.ndarray:
 
 
 def evaluate_cells(loaded: LoadedModel, cohort: str | Path, out: str | Path) -> dict[str, Any]:
-    from biomm.heads.virtual_cell import VirtualCell
+    """Annotation (probe, zero-shot, kNN transfer) against PCA + LR, imputation, perturbation, and a UMAP."""
+    from biomm.heads.cells.virtual_cell import VirtualCell
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,7 @@ def _fmt(v: Any) -> str:
 
 
 def cells_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report of a cell-model evaluation."""
     lines = [f"# biomm eval: {report['model']} (cells) on {Path(report['cohort']).name}", "",
              f"Test split: {report.get('n_cells')} cells. Probe and baselines are fitted on the training split.", "",
              "## Cell-type annotation", "", "| method | accuracy | macro-F1 |", "|---|---|---|"]

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from biomm.bundle import LoadedModel
-from biomm.data.datamodule import Sample
+from biomm.model.bundle import LoadedModel
+from biomm.data.samples import Sample
 from biomm.data.tasks import TaskDef, build_samples, describe_samples
 from biomm.eval import plots
-from biomm.eval.retrieval import pairwise_recall
+from biomm.train.retrieval import pairwise_recall
 from biomm.heads.clinical import (
     BagOfCodesBaseline,
     LinearHead,
@@ -23,9 +23,10 @@ from biomm.heads.clinical import (
 from biomm.store.cohort import Cohort
 
 
-def _split_of(cohort: Path) -> dict[str, str]:
+def split_map(cohort: str | Path) -> dict[str, str]:
+    """Every subject's split (train / val / test) in a cohort."""
     with Cohort(cohort, create=False, read_only=True) as c:
-        return dict(c.con.execute("SELECT subject_id, split FROM splits").fetchall())
+        return c.split_map()
 
 
 def _with_required(samples: list[Sample], task: TaskDef, collate) -> list[Sample]:
@@ -44,7 +45,8 @@ def _with_required(samples: list[Sample], task: TaskDef, collate) -> list[Sample
 
 def evaluate_task(loaded: LoadedModel, dm, task: TaskDef, cohort: Path, out: Path, split_of: dict[str, str],
                   save_head: bool = True) -> dict[str, Any]:
-    events = dm.collate.ehr
+    """One task: heads on the fused embedding and on each modality alone, and the bag-of-codes baseline, fitted on train+val and measured on test (with ROC and calibration plots)."""
+    events = dm.events
     samples = _with_required(build_samples(task, events, cohort), task, dm.collate)
     train = [s for s in samples if split_of.get(s.subject_id) in ("train", "val")]
     test = [s for s in samples if split_of.get(s.subject_id) == "test"]
@@ -87,13 +89,14 @@ def evaluate_task(loaded: LoadedModel, dm, task: TaskDef, cohort: Path, out: Pat
 
 def evaluate_clinical(loaded: LoadedModel, cohort: str | Path, out: str | Path, tasks: dict[str, TaskDef],
                       names: list[str] | None = None, recall_k: tuple[int, ...] = (1, 5, 10)) -> dict[str, Any]:
+    """Every task (or `names`), cross-modal retrieval on the test split, and a UMAP of the fused embeddings."""
     cohort, out = Path(cohort), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [n for n in names or [] if n not in tasks]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(sorted(tasks))}")
     dm = loaded.datamodule(cohort)
-    split_of = _split_of(cohort)
+    split_of = split_map(cohort)
     results = {name: evaluate_task(loaded, dm, tasks[name], cohort, out, split_of) for name in (names or sorted(tasks))}
     # retrieval and a picture of the embedding space, on the test split's subjects (latest record each)
     test_samples = [s for s in dm.samples["all"] if split_of.get(s.subject_id) == "test"]

@@ -31,6 +31,7 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float | None]], tit
 
 
 def calibration_plot(curves: dict[str, tuple[list[float], list[float]]], title: str, path: Path) -> Path:
+    """Reliability curves: curves maps name -> (mean predicted probability, observed fraction)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=110)
     for name, (mean_p, frac) in curves.items():
         ax.plot(mean_p, frac, "o-", ms=3, label=name)

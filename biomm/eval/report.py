@@ -15,6 +15,7 @@ def _fmt(v: Any) -> str:
 
 
 def clinical_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report of a clinical evaluation: per task the metrics table and the plots."""
     lines = [f"# biomm eval: {report['model']} on {Path(report['cohort']).name}", "",
              "Heads are fitted on the train+val subjects and measured on the test subjects (split by a hash of",
              "the subject id). Every row sees the same samples: the same events before the same prediction times.",
@@ -41,6 +42,7 @@ def clinical_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out: str | Path, markdown: str) -> Path:
+    """Write metrics.json and report.md into `out`; returns the report path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))

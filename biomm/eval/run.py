@@ -4,11 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from biomm.bundle import load
+from biomm.model.bundle import load
 
 
 def run_eval(model: str | Path, cohort: str | Path, out: str | Path | None, tasks: list[str],
              task_dirs: list[str | Path]) -> tuple[dict[str, Any], Path]:
+    """Evaluate a model on a cohort by its kind (supervised, clinical tasks, cells); returns (report, report.md path)."""
     from biomm.eval.report import write_report
 
     loaded = load(model)

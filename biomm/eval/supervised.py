@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from biomm.bundle import LoadedModel
+from biomm.model.bundle import LoadedModel
 from biomm.eval import plots
+from biomm.eval.clinical import split_map
 from biomm.heads.clinical import binary_metrics, calibration_curve
 
 # MedMNIST v2 (Yang et al., Sci Data 2023), Table: PneumoniaMNIST, ResNet-18 (28), official test split (624).
@@ -19,14 +20,13 @@ REFERENCES = {"pneumonia": {"model": "MedMNIST v2 ResNet-18 (28 px)", "accuracy"
 
 @torch.no_grad()
 def evaluate_supervised(loaded: LoadedModel, cohort: str | Path, out: str | Path) -> dict[str, Any]:
+    """Accuracy, AUROC and calibration of the trained supervised head on the test split, beside the published reference."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     objectives = loaded.objectives()
     head = objectives.objectives["supervised"]
     dm = loaded.datamodule(cohort)
-    from biomm.eval.clinical import _split_of
-
-    split_of = _split_of(Path(cohort))
+    split_of = split_map(cohort)
     test = [s for s in dm.samples["all"] if split_of.get(s.subject_id) == "test" and head.label in s.labels]
     ys, ps = [], []
     for a in range(0, len(test), 128):
@@ -53,6 +53,7 @@ def evaluate_supervised(loaded: LoadedModel, cohort: str | Path, out: str | Path
 
 
 def supervised_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report of a supervised evaluation."""
     m, ref = report["test"], report.get("reference")
     lines = [f"# biomm eval: {report['model']} ({report['label']} from {report['source']})", "",
              "| model | test images | accuracy | AUROC |", "|---|---|---|---|",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from biomm.adapters.base import key_padding, transformer
+from biomm.nn.attention import key_padding, transformer
 from biomm.fusion.ops import build_fusion_op
 from biomm.fusion.resampler import PerceiverResampler
 from biomm.fusion.xattn import GatedCrossAttentionBlock
@@ -21,6 +21,8 @@ from biomm.types import Tokens
 
 @dataclass
 class Fused:
+    """Backbone output: `pooled` {modality: [B, D]}, `fused_tokens` [B, T, D], `fused_mask` [B, T] bool, `fused` [B, D]."""
+
     pooled: dict[str, torch.Tensor]
     fused_tokens: torch.Tensor
     fused_mask: torch.Tensor
@@ -28,10 +30,12 @@ class Fused:
 
 
 def masked(tokens: Tokens, present: torch.Tensor) -> Tokens:
+    """`tokens` with its mask [B, T] and-ed with `present` [B]."""
     return Tokens(tokens.x, tokens.mask & present[:, None])
 
 
 def pool_head(width: int) -> nn.Sequential:
+    """A modality's pooling head: LayerNorm then Linear, [..., width] -> [..., width]."""
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
 
 
@@ -46,6 +50,7 @@ class Backbone(nn.Module):
         self.pool = nn.ModuleDict({m: pool_head(width) for m in modalities})
 
     def active(self, tokens: dict[str, Tokens]) -> list[str]:
+        """The backbone's modalities present as keys of `tokens`, in backbone order."""
         return [m for m in self.modalities if m in tokens]
 
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
@@ -70,12 +75,16 @@ class MiddleFusion(Backbone):
         self.norm = nn.LayerNorm(width)
 
     def modality_parameters(self, modality):
+        """Parameters used only for `modality`: its pooling head and its resampler."""
         return super().modality_parameters(modality) + list(self.resamplers[modality].parameters())
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
+        """Pooled embedding [B, D] of one modality's `tokens` (x [B, T, D]) through its resampler alone."""
         return self.pool[modality](self.resamplers[modality](tokens).mean(1))
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> Fused:
+        """Fuse `tokens` {m: x [B, T_m, D]} under `present` {m: [B]}: fused tokens [B, M*K, D], mask [B, M*K],
+        fused [B, D] (M = modalities fused, K = latents)."""
         mods = self.active(tokens) if self.absent_mode == "mask" else self.modalities
         some = tokens[self.active(tokens)[0]].x
         b, k, d = some.shape[0], self.num_latents, self.width
@@ -120,9 +129,11 @@ class EarlyFusion(Backbone):
         self.norm = nn.LayerNorm(width)
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
+        """Pooled embedding [B, D] of one modality's `tokens`: masked mean, then its pooling head."""
         return self.pool[modality](tokens.pooled())
 
     def forward(self, tokens, present):
+        """One transformer over all tokens: fused tokens [B, T, D] and mask [B, T] (CLS left out), fused = CLS [B, D]."""
         some = tokens[self.active(tokens)[0]].x
         b = some.shape[0]
         seq = [self.cls.to(some.dtype).expand(b, 1, -1)]
@@ -151,9 +162,12 @@ class LateFusion(Backbone):
         self.op = build_fusion_op(fusion_op, len(modalities), width)
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
+        """Pooled embedding [B, D] of one modality's `tokens`: masked mean, then its pooling head."""
         return self.pool[modality](tokens.pooled())
 
     def forward(self, tokens, present):
+        """Fusion op over the pooled embeddings: fused tokens = the stacked vectors [B, M, D], mask = presence [B, M],
+        fused [B, D]."""
         some = tokens[self.active(tokens)[0]].x
         b = some.shape[0]
         pooled, vecs, pres = {}, [], []

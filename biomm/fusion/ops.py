@@ -12,7 +12,7 @@ import itertools
 import torch
 from torch import nn
 
-from biomm.fusion.attention import MaskedAttention
+from biomm.nn.attention import MaskedAttention
 from biomm.types import Tokens
 
 Input = torch.Tensor | Tokens
@@ -26,6 +26,7 @@ def as_tokens(x: Input, present: torch.Tensor) -> Tokens:
 
 
 def as_vector(x: Input, present: torch.Tensor) -> torch.Tensor:
+    """A [B, D] input unchanged, or the presence-masked mean [B, D] of `Tokens`."""
     return as_tokens(x, present).pooled() if isinstance(x, Tokens) else x
 
 
@@ -39,6 +40,7 @@ class FusionOp(nn.Module):
         self.resize = nn.Identity() if self.out_width == width else nn.Linear(width, self.out_width)
 
     def vectors(self, inputs: list[Input], present: list[torch.Tensor]) -> torch.Tensor:
+        """The inputs as vectors stacked [B, M, D] (Tokens pooled under presence); ValueError on a wrong count."""
         if len(inputs) != self.n or len(present) != self.n:
             raise ValueError(f"{type(self).__name__} was built for {self.n} inputs, got {len(inputs)}")
         return torch.stack([as_vector(x, p) for x, p in zip(inputs, present)], 1)  # [B, M, D]
@@ -62,6 +64,7 @@ class Concat(_WithAbsentToken):
         self.proj = nn.Linear(n * width, self.out_width)
 
     def forward(self, inputs, present):
+        """Projected concatenation [B, out] of the M inputs (absent -> learned token)."""
         return self.proj(self.filled(inputs, present).flatten(1))
 
 
@@ -69,6 +72,7 @@ class Sum(FusionOp):
     """Sum of the present inputs."""
 
     def forward(self, inputs, present):
+        """Sum [B, out] of the present inputs."""
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         return self.resize((v * p[..., None].to(v.dtype)).sum(1))
 
@@ -77,6 +81,7 @@ class Max(FusionOp):
     """Element-wise max over the present inputs (0 where none is present)."""
 
     def forward(self, inputs, present):
+        """Element-wise max [B, out] of the present inputs (0 where none is present)."""
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         out = v.masked_fill(~p[..., None], float("-inf")).amax(1)
         return self.resize(torch.where(p.any(1, keepdim=True), out, torch.zeros_like(out)))
@@ -91,6 +96,7 @@ class Gate(FusionOp):
         self.bias = nn.Parameter(torch.zeros(n))
 
     def forward(self, inputs, present):
+        """Gate-weighted sum [B, out] of the present inputs."""
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         logits = (v * self.gates.to(v.dtype)).sum(-1) + self.bias
         w = torch.softmax(logits.float().masked_fill(~p, float("-inf")), 1).nan_to_num(0.0).to(v.dtype)
@@ -105,6 +111,7 @@ class Product(FusionOp):
         self.proj = nn.ModuleList(nn.Linear(width, self.out_width) for _ in range(n))
 
     def forward(self, inputs, present):
+        """Element-wise product [B, out] of the present inputs' projections (0 where none is present)."""
         v, p = self.vectors(inputs, present), torch.stack(present, 1)
         h = torch.stack([proj(v[:, i]) for i, proj in enumerate(self.proj)], 1)
         h = torch.where(p[..., None], h, torch.ones_like(h))
@@ -120,6 +127,7 @@ class Bilinear(_WithAbsentToken):
         self.bilinear = nn.ModuleList(nn.Bilinear(width + 1, width + 1, self.out_width) for _ in self.pairs)
 
     def forward(self, inputs, present):
+        """Sum over modality pairs of bilinear maps of [x; 1]: [B, out] (absent -> learned token)."""
         v = self.filled(inputs, present)
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
         return sum(b(v[:, i], v[:, j]) for b, (i, j) in zip(self.bilinear, self.pairs))
@@ -135,6 +143,7 @@ class LowRank(_WithAbsentToken):
         self.bias = nn.Parameter(torch.zeros(self.out_width))
 
     def forward(self, inputs, present):
+        """Low-rank multimodal fusion [B, out] of the M inputs (absent -> learned token)."""
         v = self.filled(inputs, present)
         v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
         h = torch.einsum("bmd,mrdo->bmro", v, self.factors.to(v.dtype)).prod(1)  # [B, R, O]
@@ -152,6 +161,7 @@ class CrossAttention(FusionOp):
         self.out = nn.Linear(width, self.out_width)
 
     def forward(self, inputs, present):
+        """Input 0's tokens (or the learned query) after attending to the other inputs, pooled and projected: [B, out]."""
         toks = [as_tokens(x, p) for x, p in zip(inputs, present)]
         q = toks[0]
         qx = torch.where(q.mask[..., None], q.x, self.query.to(q.x.dtype))
@@ -173,6 +183,7 @@ class CoAttention(FusionOp):
         self.out = nn.Linear(width, self.out_width)
 
     def forward(self, inputs, present):
+        """Mean over the present inputs of each one's tokens after attending to the others, projected: [B, out]."""
         toks = [as_tokens(x, p) for x, p in zip(inputs, present)]
         pooled = []
         for i, t in enumerate(toks):
@@ -191,6 +202,7 @@ FUSION_OPS: dict[str, type[FusionOp]] = {
 
 
 def build_fusion_op(name: str, n: int, width: int, out_width: int | None = None) -> FusionOp:
+    """The fusion op `name` (a key of FUSION_OPS) for `n` inputs of width `width`; KeyError if unknown."""
     if name not in FUSION_OPS:
         raise KeyError(f"unknown fusion op '{name}' (known: {', '.join(FUSION_OPS)})")
     return FUSION_OPS[name](n, width, out_width)

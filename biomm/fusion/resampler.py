@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from biomm.fusion.attention import MaskedAttention, feed_forward
+from biomm.nn.attention import MaskedAttention, feed_forward
 from biomm.types import Tokens
 
 
@@ -24,6 +24,7 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, media: Tokens) -> torch.Tensor:
+        """K latents [B, K, D] summarising `media` (x [B, T, D], mask [B, T])."""
         b = media.x.shape[0]
         lat = self.latents.to(media.x.dtype).expand(b, -1, -1)
         ones = torch.ones(lat.shape[:2], dtype=torch.bool, device=lat.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from biomm.fusion.attention import MaskedAttention, feed_forward
+from biomm.nn.attention import MaskedAttention, feed_forward
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -19,5 +19,6 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, media_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`x` [B, T, D] after gated cross-attention to `media` [B, S, E] (key mask [B, S] bool) and the gated MLP."""
         x = x + torch.tanh(self.attn_gate).to(x.dtype) * self.attn(self.norm(x), media, media_mask)
         return x + torch.tanh(self.ff_gate).to(x.dtype) * self.ff(x)

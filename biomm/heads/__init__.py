@@ -1,1 +1,1 @@
-"""Heads on top of the fused model: virtual cell, clinical reasoning (question answering: biomm.heads.qa)."""
+"""Heads on top of the fused model: virtual cell, clinical reasoning (question answering: biomm.heads.qa.service)."""

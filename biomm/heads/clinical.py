@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from biomm.data.datamodule import Sample
+from biomm.data.samples import Sample
 from biomm.data.ehr import EhrEvents
 from biomm.types import Batch
 
@@ -41,6 +41,7 @@ class SampleEmbeddings:
         return np.concatenate([emb, self.present[source][:, None].astype(np.float32)], 1)
 
     def labels(self, task: str) -> np.ndarray:
+        """The samples' labels [N] of `task`."""
         return np.array([s.labels[task] for s in self.samples], dtype=np.float32)
 
 
@@ -94,6 +95,7 @@ class LinearHead:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, source: str, task: str, c: float = 0.1) -> "LinearHead":
+        """Fit on features [N, F] and binary labels [N]; ValueError when the training split has one class."""
         if len(np.unique(y)) < 2:
             raise ValueError(f"task {task}: the training split has only one class ({int(y.sum())} positives of {len(y)})")
         scaler = StandardScaler().fit(x)
@@ -101,10 +103,12 @@ class LinearHead:
         return cls(scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), source, task)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [N] of the positive class for features [N, F]."""
         z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
 
     def save(self, path: str | Path) -> None:
+        """Write the head as JSON (no pickle)."""
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({"task": self.task, "source": self.source, "mean": self.mean.tolist(),
                                           "scale": self.scale.tolist(), "coef": self.coef.tolist(),
@@ -112,6 +116,7 @@ class LinearHead:
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearHead":
+        """Read what `save` wrote."""
         d = json.loads(Path(path).read_text())
         return cls(np.array(d["mean"]), np.array(d["scale"]), np.array(d["coef"]), d["intercept"], d["source"], d["task"])
 
@@ -140,10 +145,13 @@ def bag_of_codes(events: EhrEvents, samples: list[Sample], vocab: dict[str, int]
 
 
 class BagOfCodesBaseline:
+    """TF-IDF bag of codes before the prediction time, then balanced L2 logistic regression."""
+
     def __init__(self, c: float = 0.1):
         self.c = c
 
     def fit(self, events: EhrEvents, samples: list[Sample], task: str) -> "BagOfCodesBaseline":
+        """Fit on the samples' events (its code vocabulary comes from these samples)."""
         x, self.vocab = bag_of_codes(events, samples)
         self.tfidf = TfidfTransformer().fit(x)
         y = np.array([s.labels[task] for s in samples])
@@ -151,6 +159,7 @@ class BagOfCodesBaseline:
         return self
 
     def predict(self, events: EhrEvents, samples: list[Sample]) -> np.ndarray:
+        """Probabilities [N] of the positive class for samples."""
         x, _ = bag_of_codes(events, samples, self.vocab)
         return self.lr.predict_proba(self.tfidf.transform(x))[:, 1]
 
@@ -172,6 +181,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, fl
 
 
 def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[list[float], list[float]]:
+    """(mean predicted probability, observed fraction) per non-empty probability bin."""
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(p, edges) - 1, 0, bins - 1)
     mean_p = [float(p[idx == b].mean()) for b in range(bins) if (idx == b).any()]
@@ -180,4 +190,5 @@ def calibration_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> tuple[lis
 
 
 def head_path(model_folder: Path, task: str, source: str = "fused") -> Path:
+    """Where a task head fitted on `source` ("fused" or a modality) is saved in a model folder."""
     return model_folder.joinpath(*HEADS_DIR, f"{task}.{source}.json")

@@ -30,6 +30,7 @@ class WeightedObjectives(nn.Module):
         return batch
 
     def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total loss (scalar) and metrics: each objective's prefixed `name/`, plus `loss`."""
         total, metrics = None, {}
         for name, obj in self.objectives.items():
             loss, m = obj(outputs) if isinstance(obj, ContrastiveLoss) else obj(outputs, batch)

@@ -74,6 +74,7 @@ class Autoregressive(nn.Module):
         return hook
 
     def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Next-token loss (scalar) of the LM on the `batch.labels` text given the fused tokens, and {loss, ppl}."""
         ids = batch.labels["lm_input_ids"]
         attn = batch.labels.get("lm_attention_mask", torch.ones_like(ids))
         labels = batch.labels.get("lm_labels", ids.masked_fill(attn == 0, IGNORE))

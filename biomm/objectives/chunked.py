@@ -15,6 +15,7 @@ class ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, scale, targets, chunk: int):
+        """Summed InfoNCE (scalar) of rows `q` [N, D] against columns `k` [M, D], positives `targets` [N] long."""
         lse = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
         for s in range(0, q.shape[0], chunk):
             lse[s : s + chunk] = torch.logsumexp((q[s : s + chunk] @ k.T).mul_(scale), 1)
@@ -25,6 +26,7 @@ class ChunkedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """Gradients for q [N, D], k [M, D] and scale, recomputed chunk by chunk in fp32."""
         with torch.autocast(grad.device.type, enabled=False):  # fp32, whatever the caller's autocast
             return ChunkedInfoNCE._backward(ctx, grad)
 
@@ -49,6 +51,7 @@ class ChunkedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, scale, bias, targets, chunk: int):
+        """Summed SigLIP loss (scalar) of rows `q` [N, D] against columns `k` [M, D], positives `targets` [N] long."""
         total = q.new_zeros(())
         for s in range(0, q.shape[0], chunk):
             z = scale * (q[s : s + chunk] @ k.T) + bias
@@ -61,6 +64,7 @@ class ChunkedSigmoid(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """Gradients for q [N, D], k [M, D], scale and bias, recomputed chunk by chunk in fp32."""
         with torch.autocast(grad.device.type, enabled=False):
             return ChunkedSigmoid._backward(ctx, grad)
 

@@ -68,6 +68,7 @@ class ContrastiveLoss(nn.Module):
         return total * world_size() / n + anchor, n
 
     def forward(self, outputs: Outputs) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss (scalar) over modality pairs (plus the weighted fused terms), and metrics per pair."""
         mods = [m for m in (self.modalities or list(outputs.pooled)) if m in outputs.pooled]
         losses, metrics = [], {"logit_scale": float(self.logit_scale.detach().exp())}
         for a, b in itertools.combinations(mods, 2):

@@ -6,6 +6,7 @@ import torch.distributed as dist
 
 
 def is_distributed() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -54,4 +55,5 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1

@@ -16,6 +16,8 @@ from biomm.types import Batch, ModalityInput, Outputs
 
 
 class MaskedModeling(nn.Module):
+    """Masked-modelling objective: one head per modality maps output tokens [.., D] to `mlm_spec.size` predictions."""
+
     def __init__(self, adapters: nn.ModuleDict, width: int, ratio: float = 0.15, modalities: list[str] | None = None) -> None:
         super().__init__()
         self.ratio = ratio
@@ -52,6 +54,7 @@ class MaskedModeling(nn.Module):
         return Batch(mods, batch.subject_ids, batch.labels, batch.extras)
 
     def forward(self, outputs: Outputs, batch: Batch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over modalities (scalar) of cross-entropy (classify) or MSE (regress) on the masked tokens, and metrics."""
         mlm = outputs.aux.get("mlm", {})
         losses, metrics = [], {}
         for m, head in self.heads.items():

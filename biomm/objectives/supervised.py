@@ -11,6 +11,8 @@ from biomm.types import Batch, Outputs
 
 
 class SupervisedBinary(nn.Module):
+    """Binary supervised objective: a linear head on the fused or one modality's embedding [B, D] -> logits [B]."""
+
     def __init__(self, label: str, source: str, width: int) -> None:
         super().__init__()
         self.label, self.source = label, source
@@ -27,6 +29,7 @@ class SupervisedBinary(nn.Module):
         return self.head(emb.float()).squeeze(-1), ok
 
     def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """BCE loss (scalar) over rows with a label and the embedding, and {bce, accuracy} metrics."""
         if self.label not in batch.labels:
             raise KeyError(f"supervised objective: the batch has no label {self.label!r} (set data.label_name)")
         y = batch.labels[self.label].to(outputs.fused.device).float()

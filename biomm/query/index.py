@@ -2,15 +2,21 @@
 exact numpy fallback that gives the same answers for the flat case."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
+from biomm.model.bundle import Embeddings
+
 try:  # optional import, MONAI-style: biomm runs without faiss, only slower at scale
     import faiss  # type: ignore
 except ImportError:  # pragma: no cover - exercised where faiss is absent
     faiss = None
+
+INDEX_DIR = "index"
+"""Indexes of a cohort live beside the model: `<model>/index/<cohort key>/<fused | modality>/`."""
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -56,7 +62,11 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __contains__(self, subject_id: object) -> bool:
+        return subject_id in self._row
+
     def vector(self, subject_id: str) -> np.ndarray:
+        """The stored (centered, unit-norm) vector [D] of a subject."""
         return self.vectors[self._row[subject_id]]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +92,7 @@ class VectorIndex:
         return np.asarray(raw, dtype=np.float32) - self.mean
 
     def save(self, folder: str | Path) -> None:
+        """Vectors, mean and ids (and the faiss index, when there is one) into `folder`."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / "vectors.npy", self.vectors)
@@ -92,6 +103,7 @@ class VectorIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> "VectorIndex":
+        """Read what `save` wrote (exact search when faiss is absent)."""
         folder = Path(folder)
         meta = json.loads((folder / "index.json").read_text())
         obj = cls.__new__(cls)
@@ -103,3 +115,24 @@ class VectorIndex:
             obj.backend = "exact"
         obj._row = {sid: i for i, sid in enumerate(obj.ids)}
         return obj
+
+
+def cohort_key(cohort: str | Path) -> str:
+    """A short stable key of a cohort folder (its resolved path), naming its index folder."""
+    return hashlib.sha256(str(Path(cohort).resolve()).encode()).hexdigest()[:12]
+
+
+def index_dir(model_folder: str | Path, cohort: str | Path) -> Path:
+    """Where the indexes of `cohort` over the model in `model_folder` are saved."""
+    return Path(model_folder) / INDEX_DIR / cohort_key(cohort)
+
+
+def build_indexes(emb: Embeddings, backend: str = "auto") -> dict[str, VectorIndex]:
+    """One index on the fused embedding (every subject) and one per modality (subjects that have it),
+    each centered on its cohort's mean (see VectorIndex)."""
+    out = {"fused": VectorIndex(emb.fused, emb.subject_ids, backend, center=True)}
+    for m, vectors in emb.modalities.items():
+        rows = np.flatnonzero(emb.present[m])
+        if len(rows) >= 2:
+            out[m] = VectorIndex(vectors[rows], [emb.subject_ids[i] for i in rows], backend, center=True)
+    return out

@@ -1,18 +1,22 @@
-"""Response models of the routes that are not queries (queries use biomm.query.schema exactly)."""
+"""Response models of the routes that are not queries (queries use biomm.schema exactly)."""
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from biomm.query.schema import QueryKind
+from biomm.schema import QueryKind
 
 
 class Health(BaseModel):
+    """Liveness."""
+
     status: str
 
 
 class ModelInfo(BaseModel):
+    """The served model: name, clinical tasks, query kinds, cohort size."""
+
     model: str
     tasks: list[str]
     kinds: list[QueryKind]
@@ -20,28 +24,38 @@ class ModelInfo(BaseModel):
 
 
 class SubjectRow(BaseModel):
+    """A subject in the list: id, kind and modalities on record."""
+
     subject_id: str
     kind: str | None = None
     modalities: list[str] = Field(default_factory=list)
 
 
 class SubjectList(BaseModel):
+    """A page of subjects and the total that matched."""
+
     total: int
     subjects: list[SubjectRow]
 
 
 class ModalityCount(BaseModel):
+    """Records of one modality and the items they hold."""
+
     records: int
     items: int
 
 
 class EventSpan(BaseModel):
+    """How many events a subject has, and the first and last times."""
+
     count: int
     first: str | None = None
     last: str | None = None
 
 
 class SubjectDetail(BaseModel):
+    """One subject: kind, split, records per modality, labels, events."""
+
     subject_id: str
     kind: str | None = None
     split: str | None = None
@@ -51,6 +65,8 @@ class SubjectDetail(BaseModel):
 
 
 class Event(BaseModel):
+    """One MEDS event on the timeline."""
+
     time: str | None = None
     code: str
     value: float | None = None
@@ -59,17 +75,23 @@ class Event(BaseModel):
 
 
 class Note(BaseModel):
+    """One (scrubbed) note on the timeline."""
+
     time: str | None = None
     kind: str | None = None
     text: str
 
 
 class SystemTimes(BaseModel):
+    """Event times of one code system."""
+
     count: int
     times: list[str | None]
 
 
 class Timeline(BaseModel):
+    """A page of a subject's events in time order, its notes, and event times per code system."""
+
     subject_id: str
     total: int
     events: list[Event]
@@ -78,6 +100,8 @@ class Timeline(BaseModel):
 
 
 class ImageInfo(BaseModel):
+    """One imaging record and the display presets it offers."""
+
     record_id: str
     dicom_modality: str | None = None
     body_part: str | None = None
@@ -88,4 +112,6 @@ class ImageInfo(BaseModel):
 
 
 class CohortInfo(BaseModel):
+    """The cohort summary (as `biomm cohort info` prints it)."""
+
     summary: dict[str, Any]

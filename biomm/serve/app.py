@@ -111,6 +111,7 @@ def openapi_spec() -> dict:
 
 
 def write_openapi(path: str | Path) -> Path:
+    """Write the OpenAPI document to `path` (sorted JSON); returns the path."""
     import json
 
     path = Path(path)

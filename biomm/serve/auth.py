@@ -36,6 +36,7 @@ def _check(pairs: dict[str, str], where: str) -> dict[str, str]:
 
 
 def parse_env(value: str) -> dict[str, str]:
+    """The token table of a BIOMM_TOKENS value ("token:role,token2:role")."""
     pairs = {}
     for i, item in enumerate(filter(None, (s.strip() for s in value.split(","))), 1):
         token, sep, role = item.rpartition(":")
@@ -76,6 +77,7 @@ class Authenticator:
         self._tokens = [(t.encode(), r) for t, r in tokens.items()]
 
     def role(self, request: Request) -> str | None:
+        """The role of the request's bearer token, or None without a valid one."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not given:
             return None

@@ -34,6 +34,8 @@ class UploadError(ValueError):
 
 
 class IngestReport(BaseModel):
+    """What POST /ingest did: status, files per kind, new subjects, counts, quarantine and warnings."""
+
     status: str = Field(..., description="ingested | partial (some input quarantined) | quarantined (nothing written)")
     files: dict[str, int] = Field(default_factory=dict, description="Files per kind (fhir, dicom)")
     subjects_added: int = 0
@@ -91,13 +93,10 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _subjects(cohort: Path) -> set[str]:
-    import duckdb
+    from biomm.store.cohort import Cohort
 
-    con = duckdb.connect(str(cohort / "cohort.duckdb"), read_only=True)
-    try:
-        return {r[0] for r in con.execute("SELECT subject_id FROM subjects").fetchall()}
-    finally:
-        con.close()
+    with Cohort(cohort, create=False, read_only=True) as c:
+        return set(c.subjects())
 
 
 def _merge(report: dict[str, Any], summary: IngestSummary) -> None:
@@ -110,8 +109,8 @@ def _merge(report: dict[str, Any], summary: IngestSummary) -> None:
 
 def ingest_uploads(state: ServeState, uploads: list[bytes]) -> IngestReport:
     """Stage, ingest into a copy, swap it in and refresh the engine; the cohort is unchanged on failure."""
-    from biomm.ingest.dicom import ingest_dicom
-    from biomm.ingest.fhir import ingest_fhir
+    from biomm.ingest.ehr import fhir
+    from biomm.ingest.imaging import dicom
 
     if not uploads:
         raise UploadError("no files: send a FHIR Bundle as JSON, or files as multipart field 'files'")
@@ -133,9 +132,9 @@ def ingest_uploads(state: ServeState, uploads: list[bytes]) -> IngestReport:
                                                          "quarantined")}
                 report.update(quarantine=[], warnings=[])
                 if files["fhir"]:
-                    _merge(report, ingest_fhir(files["fhir"], copy, state.config.fhir_ingest))
+                    _merge(report, fhir.ingest(files["fhir"], copy, state.config.fhir_ingest, progress=False))
                 if files["dicom"]:
-                    _merge(report, ingest_dicom(files["dicom"], copy, state.config.dicom_ingest))
+                    _merge(report, dicom.ingest(files["dicom"], copy, state.config.dicom_ingest, progress=False))
                 new = sorted(_subjects(copy) - before)
                 _swap(state, live, copy, work / "previous")
             finally:

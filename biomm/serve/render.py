@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from biomm.ingest.dicom_intensity import WINDOW_PRESETS
+from biomm.ingest.imaging.config import WINDOW_PRESETS
 
 # name -> (low, high) on [0, 1] values, or a callable stretch
 CONTRAST_PRESETS = ("default", "auto", "high_contrast", "invert")

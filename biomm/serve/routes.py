@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query,
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from biomm.query.schema import QueryError, QueryRequest, QueryResponse
-from biomm.serve import cohort_view
+from biomm.schema import QueryError, QueryRequest, QueryResponse
+import biomm.store.views as cohort_view
 from biomm.serve.api_models import (CohortInfo, Health, ImageInfo, ModelInfo, SubjectDetail, SubjectList,
                                     Timeline)
 from biomm.serve.auth import require
@@ -37,6 +37,7 @@ def _not_found(exc: cohort_view.NotFound) -> HTTPException:
 
 @router.get("/", include_in_schema=False)
 def page() -> FileResponse:
+    """The clinician web page."""
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
@@ -52,9 +53,8 @@ def model_info(request: Request) -> ModelInfo:
     state = _state(request)
     engine = state.engine
     with state.reader() as con:
-        n = con.execute("SELECT count(*) FROM subjects").fetchone()[0]
-    return ModelInfo(model=engine.model_name, tasks=list(engine.tasks),
-                     kinds=["task", "ask", "similar", "annotate", "perturb"], subjects=n)
+        n = cohort_view.subject_count(con)
+    return ModelInfo(model=engine.model_name, tasks=list(engine.tasks), kinds=list(engine.handlers), subjects=n)
 
 
 @router.post("/query", response_model=QueryResponse, tags=["query"], responses=AUTH_RESPONSES, dependencies=[Reader])
@@ -64,9 +64,7 @@ def query(body: QueryRequest, request: Request) -> QueryResponse:
     state = _state(request)
     engine = state.engine
     try:
-        with state.swap.read():
-            if body.kind == "similar":  # an index lookup: it need not queue behind model inference
-                return engine.similar(body.subject, body.k, body.modality)
+        with state.swap.read():  # queries share the engine's read lock: a similarity lookup never waits on inference
             return engine.query(body)
     except QueryError as exc:
         raise HTTPException(422, detail=str(exc)) from None
@@ -89,6 +87,7 @@ def cohort_info(request: Request) -> CohortInfo:
 @router.get("/subjects", response_model=SubjectList, tags=["cohort"], responses=AUTH_RESPONSES, dependencies=[Reader])
 def subjects(request: Request, q: Annotated[str | None, Query(max_length=64, description="Part of a subject id")] = None,
              limit: Annotated[int, Query(ge=1, le=1000)] = 200, offset: Annotated[int, Query(ge=0, le=10**9)] = 0):
+    """The cohort's subjects (paged, optionally filtered by part of the id) with their modalities."""
     with _state(request).reader() as con:
         return cohort_view.list_subjects(con, q, limit, offset)
 
@@ -96,6 +95,7 @@ def subjects(request: Request, q: Annotated[str | None, Query(max_length=64, des
 @router.get("/subjects/{subject_id}", response_model=SubjectDetail, tags=["cohort"],
             responses={**AUTH_RESPONSES, 404: {"description": "Unknown subject"}}, dependencies=[Reader])
 def subject(request: Request, subject_id: SubjectId):
+    """One subject: kind, split, records per modality, labels and the span of its events."""
     state = _state(request)
     with state.reader() as con:
         try:
@@ -121,11 +121,15 @@ def subject_timeline(request: Request, subject_id: SubjectId,
 @router.get("/subjects/{subject_id}/images", response_model=list[ImageInfo], tags=["cohort"],
             responses={**AUTH_RESPONSES, 404: {"description": "Unknown subject"}}, dependencies=[Reader])
 def subject_images(request: Request, subject_id: SubjectId):
+    """The subject's imaging records and the display presets of each."""
     with _state(request).reader() as con:
         try:
-            return cohort_view.images(con, subject_id)
+            records = cohort_view.images(con, subject_id)
         except cohort_view.NotFound as exc:
             raise _not_found(exc) from None
+    from biomm.serve.render import presets_for
+
+    return [{**{k: v for k, v in r.items() if k != "provenance"}, "presets": presets_for(r["provenance"])} for r in records]
 
 
 @router.get("/images/{record_id}.png", tags=["cohort"], response_class=Response, dependencies=[Reader],
@@ -135,7 +139,7 @@ def image_png(request: Request, record_id: Annotated[str, PathParam(pattern=ID_P
               preset: Annotated[str, Query(max_length=32, description="Window (CT in HU) or contrast preset")] = "default",
               slice: Annotated[int | None, Query(ge=0, le=100_000, description="Slice of a volume (default: middle)")] = None):
     """Channel 0 of a cached image as PNG, with a window preset (CT cached in HU) or a contrast preset."""
-    from biomm.ingest.dicom_preprocess import load_cached
+    from biomm.store.image_cache import load_cached
     from biomm.serve.render import presets_for, render_png
 
     state = _state(request)

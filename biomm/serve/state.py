@@ -8,14 +8,16 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from biomm.locks import ReadWriteLock
-from biomm.serve import cohort_view
+from biomm.store.locks import ReadWriteLock
+import biomm.store.views as cohort_view
 from biomm.serve.settings import ServeConfig
 
 log = logging.getLogger("biomm.serve")
 
 
 class ServeState:
+    """What the app holds: model and cohort paths, config, the query engine (loaded once) and the swap lock."""
+
     def __init__(self, model_dir: Path, cohort_dir: Path, config: ServeConfig, engine=None):
         self.model_dir = Path(model_dir).resolve()
         self.cohort_dir = Path(cohort_dir).resolve()
@@ -29,6 +31,7 @@ class ServeState:
 
     @property
     def engine_loaded(self) -> bool:
+        """Whether the query engine has been loaded yet."""
         return self._engine is not None
 
     @property

@@ -1,5 +1,2 @@
-"""The cohort store: a folder with a DuckDB manifest, MEDS event shards, cached tensors, quarantine."""
-from biomm.store.cohort import Cohort, CohortError
-from biomm.store.deid import Deidentifier
-
-__all__ = ["Cohort", "CohortError", "Deidentifier"]
+"""The cohort store: a folder with a DuckDB manifest (`store.cohort.Cohort`), MEDS event shards
+(`store.events`), cached image tensors (`store.image_cache`), de-identification keys and quarantine."""

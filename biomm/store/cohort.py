@@ -17,20 +17,23 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 
+from biomm.modalities import MODALITIES
 from biomm.store import splits as split_lib
 from biomm.store.atomic import atomic_write_bytes, sha256_bytes, sha256_file
 from biomm.store.deid import Deidentifier, load_or_create_key
+from biomm.store.errors import CohortError
 
 MANIFEST = "cohort.duckdb"
 SCHEMA_VERSION = "2"
 
-_DDL = [
+_DDL = [  # the core tables; each modality's own tables come from its spec (biomm.modalities)
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
     """CREATE TABLE IF NOT EXISTS subjects (
         subject_id VARCHAR PRIMARY KEY, kind VARCHAR, date_shift_days INTEGER,
@@ -48,21 +51,32 @@ _DDL = [
     "CREATE TABLE IF NOT EXISTS splits (subject_id VARCHAR PRIMARY KEY, split VARCHAR)",
     """CREATE TABLE IF NOT EXISTS labels (
         subject_id VARCHAR, name VARCHAR, value VARCHAR, time TIMESTAMP, source VARCHAR)""",
-    """CREATE TABLE IF NOT EXISTS fhir_resources (
-        resource_key VARCHAR PRIMARY KEY, content_hash VARCHAR, source_checksum VARCHAR)""",
-    "CREATE TABLE IF NOT EXISTS codes (code VARCHAR PRIMARY KEY, display VARCHAR)",
-    """CREATE TABLE IF NOT EXISTS imaging_studies (
-        study_uid VARCHAR, series_uid VARCHAR, subject_id VARCHAR, time TIMESTAMP, modality VARCHAR,
-        body_site VARCHAR, PRIMARY KEY (study_uid, series_uid))""",
 ]
 
 
-def _now() -> datetime:
+def manifest_ddl() -> list[str]:
+    """The DDL of a manifest: the core tables, then the tables each modality's spec owns."""
+    return [*_DDL, *(ddl for spec in MODALITIES.values() for ddl in spec.tables)]
+
+
+def utc_now() -> datetime:
+    """Now, as the naive UTC timestamp the manifest stores."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-class CohortError(RuntimeError):
-    """A cohort that cannot be opened or written as asked."""
+@dataclass(frozen=True)
+class Record:
+    """One row of the records table: an item stored for a subject and modality, and the source it came from."""
+
+    record_id: str
+    subject_id: str
+    modality: str
+    path: str
+    checksum: str
+    source_path: str
+    source_checksum: str
+    n_items: int = 1
+    provenance: dict[str, Any] | str = field(default_factory=dict)  # a dict, or its JSON text
 
 
 class Cohort:
@@ -90,7 +104,7 @@ class Cohort:
         meta = self._read_meta()
         if not read_only and meta.get("schema_version") != SCHEMA_VERSION:
             with self.transaction():  # new cohort, or one from an older biomm: create what is missing
-                for ddl in _DDL:
+                for ddl in manifest_ddl():
                     self.con.execute(ddl)
                 self.set_meta("schema_version", SCHEMA_VERSION)
         stored = meta.get("deid")
@@ -100,7 +114,7 @@ class Cohort:
             enabled = True if deid is None else deid
             with self.transaction():
                 self.set_meta("deid", "on" if enabled else "off")
-                self.set_meta("created_at", _now().isoformat())
+                self.set_meta("created_at", utc_now().isoformat())
                 self.set_meta("max_shift_days", str(max_shift_days))
         else:
             enabled = stored == "on"
@@ -115,6 +129,7 @@ class Cohort:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        """Close the manifest connection (idempotent)."""
         with contextlib.suppress(Exception):
             self.con.close()
 
@@ -126,6 +141,7 @@ class Cohort:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One manifest transaction: committed when the block ends, rolled back when it raises."""
         with self._lock:
             self.con.execute("BEGIN TRANSACTION")
             try:
@@ -144,47 +160,88 @@ class Cohort:
             return {}
 
     def get_meta(self, key: str) -> str | None:
+        """A value of the meta table (None when unset)."""
         row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the meta table."""
         self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
     @property
     def deid_enabled(self) -> bool:
+        """Whether the cohort holds de-identified (pseudonymous) data."""
         return self.deid.enabled
 
     # ------------------------------------------------------------------ paths
     def path(self, *parts: str) -> Path:
+        """A path inside the cohort folder."""
         return self.root.joinpath(*parts)
 
     def relative(self, path: str | Path) -> str:
+        """`path` (inside the cohort) relative to the cohort folder, as the manifest stores it."""
         return str(Path(path).resolve().relative_to(self.root.resolve()))
 
     # ------------------------------------------------------------------ sources (idempotency)
     def source_done(self, checksum: str, modality: str) -> bool:
+        """Whether a source with this checksum was already ingested as `modality`."""
         row = self.con.execute(
             "SELECT 1 FROM sources WHERE source_checksum = ? AND modality = ?", [checksum, modality]
         ).fetchone()
         return row is not None
 
     def mark_source(self, checksum: str, modality: str, source_path: str, n_records: int, n_quarantined: int) -> None:
+        """Record a source as ingested (`source_path`: its store label), so a re-run skips it."""
         self.con.execute(
             "INSERT OR REPLACE INTO sources VALUES (?, ?, ?, ?, ?, ?)",
-            [checksum, modality, source_path, n_records, n_quarantined, _now()],
+            [checksum, modality, source_path, n_records, n_quarantined, utc_now()],
         )
+
+    def mark_sources(self, modality: str, sources: Iterable[tuple[str, str, int, int]]) -> None:
+        """`mark_source` for many sources at once: (checksum, store label, records, quarantined) each."""
+        rows = list(sources)
+        now = utc_now()
+        self.insert_rows("sources", {
+            "source_checksum": [r[0] for r in rows], "modality": [modality] * len(rows),
+            "source_path": [r[1] for r in rows], "n_records": [r[2] for r in rows],
+            "n_quarantined": [r[3] for r in rows], "ingested_at": [now] * len(rows)}, replace=True)
+
+    def ingested_sources(self, modality: str) -> set[str]:
+        """Checksums of every source already ingested (or quarantined whole) as `modality`."""
+        return {r[0] for r in self.con.execute(
+            "SELECT source_checksum FROM sources WHERE modality = ?", [modality]).fetchall()}
 
     # ------------------------------------------------------------------ subjects and records
     def ensure_subject(self, subject_id: str, kind: str, date_shift_days: int, created_by: str) -> None:
+        """Add a subject (and its hash split) unless it exists."""
         self.con.execute(
             "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?, ?, ?)",
-            [subject_id, kind, date_shift_days, created_by, _now()],
+            [subject_id, kind, date_shift_days, created_by, utc_now()],
         )
         self.con.execute(
             "INSERT OR IGNORE INTO splits VALUES (?, ?)", [subject_id, split_lib.split_of(subject_id)]
         )
 
+    def add_subjects(self, subjects: Iterable[tuple[str, int]], kind: str, created_by: str) -> int:
+        """`ensure_subject` for many subjects at once, (subject id, date shift in days) each; returns how many were new."""
+        rows = list(subjects)
+        if not rows:
+            return 0
+        before = self.subject_count()
+        now = utc_now()
+        self.insert_rows("subjects", {
+            "subject_id": [r[0] for r in rows], "kind": [kind] * len(rows), "date_shift_days": [r[1] for r in rows],
+            "created_by": [created_by] * len(rows), "created_at": [now] * len(rows)})
+        self.insert_rows("splits", {"subject_id": [r[0] for r in rows],
+                                    "split": [split_lib.split_of(r[0]) for r in rows]})
+        return self.subject_count() - before
+
+    def subject_count(self) -> int:
+        """How many subjects the cohort holds."""
+        return self.con.execute("SELECT count(*) FROM subjects").fetchall()[0][0]
+
     def subject_shift(self, subject_id: str) -> int | None:
+        """A subject's date shift in days, or None when the subject is not in the cohort."""
         row = self.con.execute("SELECT date_shift_days FROM subjects WHERE subject_id = ?", [subject_id]).fetchone()
         return None if row is None else int(row[0])
 
@@ -200,23 +257,59 @@ class Cohort:
         n_items: int = 1,
         provenance: dict[str, Any] | None = None,
     ) -> None:
+        """Add (or replace) one record of a subject."""
         self.con.execute(
             "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [record_id, subject_id, modality, path, checksum, source_path, source_checksum, n_items,
-             json.dumps(provenance or {}, default=str), _now()],
+             json.dumps(provenance or {}, default=str), utc_now()],
         )
 
+    def add_records(self, records: Iterable[Record]) -> None:
+        """Add (or replace, by record id) many records at once."""
+        rows = list(records)
+        now = utc_now()
+        columns: dict[str, list] = {name: [getattr(r, name) for r in rows] for name in (
+            "record_id", "subject_id", "modality", "path", "checksum", "source_path", "source_checksum", "n_items")}
+        columns["provenance"] = [r.provenance if isinstance(r.provenance, str) else json.dumps(r.provenance, default=str)
+                                 for r in rows]
+        columns["created_at"] = [now] * len(rows)
+        self.insert_rows("records", columns, replace=True)
+
     def records(self, modality: str | None = None) -> list[dict[str, Any]]:
+        """Every record (of one `modality`) as a dict of the records table's columns, by record id."""
         sql = "SELECT * FROM records" + (" WHERE modality = ?" if modality else "") + " ORDER BY record_id"
         cur = self.con.execute(sql, [modality] if modality else [])
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
+    def record_paths(self, modalities: Sequence[str]) -> set[str]:
+        """The distinct `path` values of the records of `modalities`."""
+        return {r[0] for r in self.con.execute(
+            "SELECT DISTINCT path FROM records WHERE modality IN (SELECT unnest(?))", [list(modalities)]).fetchall()}
+
     def subjects(self, kind: str | None = None) -> list[str]:
+        """Subject ids (of one `kind`: patient, cell), sorted."""
         sql = "SELECT subject_id FROM subjects" + (" WHERE kind = ?" if kind else "") + " ORDER BY subject_id"
         return [r[0] for r in self.con.execute(sql, [kind] if kind else []).fetchall()]
 
+    def split_map(self, kind: str | None = None) -> dict[str, str]:
+        """Every subject's split (`train` / `val` / `test`), optionally only subjects of one `kind` (patient, cell)."""
+        if kind is None:
+            return dict(self.con.execute("SELECT subject_id, split FROM splits").fetchall())
+        return dict(self.con.execute(
+            "SELECT s.subject_id, s.split FROM splits s JOIN subjects USING (subject_id) WHERE kind = ?", [kind]).fetchall())
+
+    def modality_counts(self) -> dict[str, int]:
+        """Subjects with at least one record, per modality."""
+        return dict(self.con.execute("SELECT modality, count(DISTINCT subject_id) FROM records GROUP BY 1").fetchall())
+
+    def subjects_with_any(self, modalities: list[str]) -> set[str]:
+        """Subjects that have a record of at least one of `modalities`."""
+        return {r[0] for r in self.con.execute(
+            "SELECT DISTINCT subject_id FROM records WHERE modality IN (SELECT unnest(?))", [list(modalities)]).fetchall()}
+
     def split_subjects(self, split: str) -> list[str]:
+        """Subject ids of one split (`train`, `val`, `test`), sorted."""
         return [r[0] for r in self.con.execute(
             "SELECT subject_id FROM splits WHERE split = ? ORDER BY subject_id", [split]).fetchall()]
 
@@ -232,12 +325,33 @@ class Cohort:
             raise ValueError(f"split must be train, val or test, not {split!r}")
         self.con.execute("INSERT OR REPLACE INTO splits VALUES (?, ?)", [subject_id, split])
 
+    def replace_labels(self, name: str, subject_ids: Sequence[str], values: Sequence[Any], source: str = "") -> None:
+        """Set the untimed label `name` of many subjects at once, replacing their earlier untimed value."""
+        if not len(subject_ids):
+            return
+        import pyarrow as pa  # only for bulk writes: `cohort info` starts without it
+
+        table = pa.table({"subject_id": [str(s) for s in subject_ids], "value": [str(v) for v in values]})
+        self.con.register("biomm_labels", table)
+        try:
+            self.con.execute("DELETE FROM labels WHERE name = ? AND time IS NULL AND subject_id IN "
+                             "(SELECT subject_id FROM biomm_labels)", [name])
+            self.con.execute("INSERT INTO labels SELECT subject_id, ?, value, NULL, ? FROM biomm_labels", [name, source])
+        finally:
+            self.con.unregister("biomm_labels")
+
     def labels(self, name: str) -> list[tuple[str, str, datetime | None]]:
+        """(subject id, value, time) of every label `name`, by subject and time."""
         return self.con.execute("SELECT subject_id, value, time FROM labels WHERE name = ? ORDER BY subject_id, time",
                                 [name]).fetchall()
 
     def code_displays(self) -> dict[str, str]:
-        return dict(self.con.execute("SELECT code, display FROM codes").fetchall())
+        """MEDS code -> display name, as the EHR reader recorded them (empty for a cohort made before the codes
+        table existed, opened read-only)."""
+        try:
+            return dict(self.con.execute("SELECT code, display FROM codes").fetchall())
+        except duckdb.CatalogException:
+            return {}
 
     # ------------------------------------------------------------------ quarantine
     def quarantine(
@@ -275,11 +389,17 @@ class Cohort:
             atomic_write_bytes(folder / "reason.json", json.dumps(info, indent=2).encode())
         self.con.execute(
             "INSERT OR IGNORE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [qid, modality, label, self.relative(stored), record, field, reason, _now()],
+            [qid, modality, label, self.relative(stored), record, field, reason, utc_now()],
         )
         return qid
 
+    def quarantine_count(self, modality: str | None = None) -> int:
+        """How many quarantine entries the cohort holds (of one `modality`)."""
+        sql = "SELECT count(*) FROM quarantine" + (" WHERE modality = ?" if modality else "")
+        return self.con.execute(sql, [modality] if modality else []).fetchall()[0][0]
+
     def quarantined(self) -> list[dict[str, Any]]:
+        """Every quarantine entry as a dict, oldest first."""
         cur = self.con.execute("SELECT * FROM quarantine ORDER BY created_at, quarantine_id")
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
@@ -291,3 +411,19 @@ class Cohort:
             return str(path)
         suffix = "".join(Path(path).suffixes[-2:])
         return f"sha256:{checksum[:16]}{suffix}"
+
+    # ------------------------------------------------------------------ bulk writes (for the store's modules)
+    def insert_rows(self, table: str, columns: Mapping[str, Sequence], *, replace: bool = False) -> None:
+        """Bulk insert `columns` (name -> values) into a manifest table through Arrow (one statement, not one
+        per row); rows whose key exists are kept, or replaced with `replace`."""
+        if not columns or not len(next(iter(columns.values()))):
+            return
+        import pyarrow as pa  # only for bulk writes: `cohort info` starts without it
+
+        self.con.register("bulk_rows", pa.table({k: list(v) for k, v in columns.items()}))
+        try:
+            names = ", ".join(columns)
+            self.con.execute(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO {table} ({names}) "
+                             f"SELECT {names} FROM bulk_rows")
+        finally:
+            self.con.unregister("bulk_rows")

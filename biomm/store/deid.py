@@ -46,6 +46,7 @@ class Deidentifier:
         return hmac.new(self.key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
 
     def subject_id(self, source_id: str) -> str:
+        """The pseudonymous subject id of a source patient id (`P` + 16 hex digits; the id itself when off)."""
         if not self.enabled:
             return source_id
         return "P" + self._digest("subject", source_id).hex()[:16]

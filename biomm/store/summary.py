@@ -1,34 +1,26 @@
-"""`cohort info`: what a cohort holds, as one dict (printed as tables or JSON)."""
+"""`cohort info`: what a cohort holds, as one dict (printed as tables or JSON).
+
+The core counts come from the manifest; each modality's section from its spec's `summary` function
+(`biomm.modalities`), for the modalities the cohort has records of. The `ehr` section is always
+there (`{"events": 0}` in a cohort without events), as `cohort info` has always shown it."""
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from biomm.modalities import MODALITIES, resolve
 from biomm.store.cohort import Cohort
 
-# Per-modality summaries contributed by the readers: modality -> "module:function(cohort) -> dict".
-MODALITY_SUMMARIES = {
-    "imaging": "biomm.ingest.dicom_summary:imaging_summary",
-    "omics": "biomm.ingest.omics:omics_summary",
-    "sequence": "biomm.ingest.sequence:sequence_summary",
-}
+ALWAYS = ("ehr",)
 
 
-def ehr_summary(cohort: Cohort) -> dict[str, Any]:
-    shards = sorted(cohort.path("ehr", "events").glob("*.parquet"))
-    if not shards:
-        return {"events": 0}
-    con = cohort.con
-    src = f"read_parquet({[str(s) for s in shards]!r})"
-    total, subjects, tmin, tmax = con.execute(
-        f"SELECT count(*), count(DISTINCT subject_id), min(time), max(time) FROM {src}").fetchone()
-    systems = con.execute(
-        f"SELECT split_part(code, '/', 1) AS system, count(*) AS n FROM {src} GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    return {"events": total, "subjects_with_events": subjects, "time_min": str(tmin), "time_max": str(tmax),
-            "events_per_code_system": dict(systems), "shards": len(shards)}
+def modality_sections(cohort: Cohort, records: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Each modality's section of `cohort info` (its spec's summary), for the modalities with records."""
+    return {name: resolve(spec.summary)(cohort) for name, spec in MODALITIES.items()
+            if spec.summary and (name in records or name in ALWAYS)}
 
 
 def cohort_summary(cohort: Cohort) -> dict[str, Any]:
+    """Subjects by kind and modality, records, splits, each modality's section and the quarantine."""
     con = cohort.con
     subjects = dict(con.execute("SELECT kind, count(*) FROM subjects GROUP BY 1 ORDER BY 1").fetchall())
     modalities = dict(con.execute(
@@ -41,7 +33,8 @@ def cohort_summary(cohort: Cohort) -> dict[str, Any]:
             "SELECT modality, source_path, record, field, reason FROM quarantine ORDER BY created_at, quarantine_id"
         ).fetchall()
     ]
-    out: dict[str, Any] = {
+    sections = modality_sections(cohort, records)
+    return {
         "cohort": str(cohort.root),
         "deid": cohort.deid.enabled,
         "subjects": sum(subjects.values()),
@@ -49,12 +42,7 @@ def cohort_summary(cohort: Cohort) -> dict[str, Any]:
         "subjects_by_modality": modalities,
         "records_by_modality": records,
         "splits": splits,
-        "ehr": ehr_summary(cohort),
+        **{name: sections.pop(name) for name in ALWAYS if name in sections},
         "quarantine": {"count": len(quarantine), "entries": quarantine},
+        **sections,
     }
-    for modality, target in MODALITY_SUMMARIES.items():
-        if modality not in records:
-            continue
-        module, fn = target.split(":")
-        out[modality] = getattr(importlib.import_module(module), fn)(cohort)
-    return out

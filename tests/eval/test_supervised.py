@@ -9,12 +9,12 @@ import pytest
 
 from biomm.config import ConfigError
 from biomm.eval.run import run_eval
-from biomm.export import export
-from biomm.ingest.dicom import ingest_dicom
-from biomm.ingest.medmnist import apply_labels_and_splits, write_pneumoniamnist_dicoms
+from biomm.model.export import export
+from biomm.ingest.imaging.dicom import ingest as ingest_dicom
+from biomm.ingest.demo.medmnist import apply_labels_and_splits, write_pneumoniamnist_dicoms
 from biomm.store.cohort import Cohort
-from biomm.train import fit
-from biomm.train_config import load_train_config
+from biomm.train.run import fit
+from biomm.train.config import load_train_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ CELL_OVERRIDES = ["trainer.max_steps=80", "trainer.val_every_n_steps=80", "train
 @pytest.fixture(scope="session")
 def cell_model_dir(cell_cohort, project_root, tmp_path_factory) -> Path:
     """Exported cell-tiny model (omics + label prompts, masked expression modelling). Read-only: copy it."""
-    from biomm.export import export
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.model.export import export
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     root = tmp_path_factory.mktemp("cell_model")
     cfg = load_train_config(project_root / "configs" / "train" / "cell_tiny.yaml", CELL_OVERRIDES)

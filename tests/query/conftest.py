@@ -23,9 +23,9 @@ def query_cohort(clinical_cohort, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def clinical_model(query_cohort, tmp_path_factory) -> Path:
-    from biomm.export import export
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.model.export import export
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     root = tmp_path_factory.mktemp("query_model")
     cfg = load_train_config(PROJECT / "configs" / "train" / "clinical_tiny.yaml",

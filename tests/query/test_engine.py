@@ -11,7 +11,7 @@ from biomm.cli import app
 from biomm.eval.run import run_eval
 from biomm.query.engine import QueryEngine
 from biomm.query.index import VectorIndex
-from biomm.query.schema import QueryError, QueryRequest, QueryResponse
+from biomm.schema import QueryError, QueryRequest, QueryResponse
 
 runner = CliRunner()
 
@@ -75,7 +75,7 @@ def test_similar_subjects_by_fused_and_by_modality(engine):
     scores = [n.score for n in resp.evidence.similar_subjects]
     assert scores == sorted(scores, reverse=True)
     by_image = engine.query(QueryRequest(kind="similar", subject=subject, k=3, modality="imaging"))
-    assert all(n.subject_id in engine.indexes["imaging"]._row for n in by_image.evidence.similar_subjects)
+    assert all(n.subject_id in engine.indexes["imaging"] for n in by_image.evidence.similar_subjects)
 
 
 def test_bad_queries_get_clear_errors(engine):
@@ -157,3 +157,13 @@ def test_python_api_query(clinical_model, query_cohort, evaluated):
     assert resp.kind == "similar" and len(resp.evidence.similar_subjects) == 4
     again = m.query(query_cohort, QueryRequest(kind="task", subject=subject, task="death_1y"))
     assert again.kind == "task" and again.details["task"] == "death_1y"
+
+
+def test_caches_belong_to_the_engine_and_a_refresh_empties_them(engine):
+    subject = engine.richest_subject()
+    first = engine.query(QueryRequest(kind="task", subject=subject, task="death_1y"))
+    assert engine.caches.occlusions and engine.caches.heads
+    assert engine.query(QueryRequest(kind="task", subject=subject, task="death_1y")) == first  # from the cache
+    engine.refresh()
+    assert not engine.caches.occlusions and not engine.caches.heads and engine.caches.qa is None
+    assert engine.query(QueryRequest(kind="task", subject=subject, task="death_1y")) == first

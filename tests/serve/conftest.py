@@ -16,15 +16,15 @@ from tests.serve.helpers import FAST_DICOM, TASK, TOKENS
 def serve_model(clinical_cohort, tmp_path_factory) -> Path:
     """The tiny clinical model trained for 6 steps and exported, with the death_1y head fitted (as `biomm eval`
     does) and a QA head trained for 20 steps (as `biomm qa train` does)."""
-    from biomm.bundle import load
+    from biomm.model.bundle import load
     from biomm.config import load_config
-    from biomm.heads.qa import train_qa
-    from biomm.heads.qa_config import QAConfig
+    from biomm.heads.qa.train import train_qa
+    from biomm.heads.qa.config import QAConfig
     from biomm.data.tasks import load_tasks
     from biomm.eval.clinical import evaluate_clinical
-    from biomm.export import export
-    from biomm.train import fit
-    from biomm.train_config import load_train_config
+    from biomm.model.export import export
+    from biomm.train.run import fit
+    from biomm.train.config import load_train_config
 
     tmp = tmp_path_factory.mktemp("serve_model")
     cfg = load_train_config("configs/train/clinical_tiny.yaml", ["trainer.max_steps=6", "trainer.val_every_n_steps=6",

@@ -9,18 +9,18 @@ import sys
 
 import httpx
 
-from biomm.bench.serve import _free_port, _wait_ready, run
+from biomm.bench.serve import free_port, run, wait_ready
 from tests.serve.helpers import READER, WRITER, auth
 
 
 def test_biomm_serve_starts_and_answers(serve_model, served_cohort, imaged_subject):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "BIOMM_TOKENS": f"{READER}:reader,{WRITER}:writer", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "biomm", "serve", str(serve_model), "--cohort", str(served_cohort),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base, proc, timeout=120)
+        wait_ready(base, proc, timeout=120)
         assert httpx.get(base + "/model").status_code == 401
         r = httpx.post(base + "/query", headers=auth(READER), json={"kind": "similar", "subject": imaged_subject, "k": 2})
         assert r.status_code == 200 and len(r.json()["evidence"]["similar_subjects"]) == 2

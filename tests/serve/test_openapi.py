@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from biomm.query.schema import QueryRequest, QueryResponse
+from biomm.schema import QueryRequest, QueryResponse
 from biomm.serve.app import openapi_spec
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from biomm.query.schema import QueryRequest, QueryResponse
+from biomm.schema import QueryRequest, QueryResponse
 from tests.serve.helpers import READER, TASK, WRITER, auth
 
 H = auth(READER)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from biomm.train import fit
-from biomm.train_config import load_train_config
+from biomm.train.run import fit
+from biomm.train.config import load_train_config
 
 CLINICAL = Path(__file__).resolve().parents[2] / "configs" / "train" / "clinical_tiny.yaml"
 COMMON = ["trainer.max_steps=6", "trainer.val_every_n_steps=6", "trainer.checkpoint_every_n_steps=6",

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 
 import biomm
 from biomm.config import ConfigError
-from biomm.train import NanLossError, fit
-from biomm.train_config import load_train_config
+from biomm.train.plan import NanLossError
+from biomm.train.run import fit
+from biomm.train.config import load_train_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 CLINICAL = PROJECT / "configs" / "train" / "clinical_tiny.yaml"
@@ -60,7 +61,7 @@ def test_unknown_key_and_missing_modality_fail_before_training(clinical_cohort, 
 
 
 def test_empty_split_fails_before_training(tmp_path, clinical_cohort):
-    from biomm.ingest.fhir import ingest_fhir
+    from biomm.ingest.ehr.fhir import ingest as ingest_fhir
 
     one = sorted((PROJECT / "biomm" / "resources" / "data" / "synthea").glob("*.json.gz"))[:1]
     ingest_fhir(one, tmp_path / "tiny")
@@ -80,6 +81,20 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+SLOW_VICTIM = """
+import sys, time
+from lightning.pytorch.callbacks import Callback
+from biomm.train.config import load_train_config
+from biomm.train.run import fit
+
+class Slow(Callback):
+    def on_train_batch_start(self, *args):
+        time.sleep(0.3)
+
+fit(load_train_config(sys.argv[1], sys.argv[4:]), sys.argv[2], sys.argv[3], progress=False, extra_callbacks=[Slow()])
+"""
+
+
 def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     args = ["trainer.max_steps=12", "trainer.checkpoint_every_n_steps=4", "trainer.val_every_n_steps=12",
             "trainer.precision=fp32"]
@@ -91,10 +106,11 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run([*cmd, "--out", str(straight), *sets], check=True, capture_output=True, timeout=300, env=env)
     killed = tmp_path / "killed"
-    # slow the victim down so that it is still training when the step-4 checkpoint lands (resuming there
-    # crosses a Lightning epoch boundary, where a loader that restarts from its first step would go wrong)
-    env = {**env, "BIOMM_TEST_STEP_DELAY": "0.3"}
-    proc = subprocess.Popen([*cmd, "--out", str(killed), *sets], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    # slow the victim down (a callback injected into fit) so that it is still training when the step-4
+    # checkpoint lands (resuming there crosses a Lightning epoch boundary, where a loader that restarts
+    # from its first step would go wrong)
+    victim = [sys.executable, "-c", SLOW_VICTIM, str(CLINICAL), str(clinical_cohort), str(killed), *args]
+    proc = subprocess.Popen(victim, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     ckpt = killed / "checkpoints"
     while time.time() < deadline and not ((ckpt / "step000004.ckpt").exists() and (ckpt / "last.ckpt").exists()):
@@ -104,7 +120,6 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     proc.wait()
     assert (killed / "checkpoints" / "last.ckpt").exists()
     assert not (killed / "model").exists(), "the victim finished before it was killed"
-    env.pop("BIOMM_TEST_STEP_DELAY")
     subprocess.run([*cmd, "--resume", str(killed), *sets], check=True, capture_output=True, timeout=300, env=env)
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
@@ -115,7 +130,7 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
 def test_export_then_load_gives_identical_embeddings(clinical_cohort, tmp_path):
     cfg = load_train_config(CLINICAL, FAST)
     fit(cfg, clinical_cohort, tmp_path / "run", progress=False)
-    from biomm.export import export
+    from biomm.model.export import export
 
     folder = export(tmp_path / "run", tmp_path / "model")
     card = (folder / "README.md").read_text()

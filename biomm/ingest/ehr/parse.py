@@ -1,0 +1,107 @@
+"""The per-file half of FHIR ingest: decode, classify, validate and extract one source file, with no
+access to the store. It runs in worker processes (or in-process for small ingests); the parent
+keeps everything that needs the cohort: pseudonyms, duplicate checks, quarantine and writing."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+
+from biomm.ingest.base import IngestError
+from biomm.ingest.ehr.extract import Extracted, Extractor, ResourceContext, classify_type
+from biomm.ingest.ehr.fast import content_bytes
+from biomm.ingest.ehr.source import iter_resources
+
+
+@dataclass
+class ParsedFile:
+    """The worker's result for (a piece of) one file: bad records, good ones extracted, counts and code displays."""
+
+    path: Path
+    checksum: str
+    bad: list[tuple[str, str | None, str | None, bytes]] = field(default_factory=list)  # reason, record, field, raw
+    good: list[tuple[str, str, Extracted, str, str]] = field(default_factory=list)  # key, content, extracted, record, locator
+    ignored: int = 0
+    file_error: tuple[str, str | None, str | None] | None = None
+    displays: dict[str, str] = field(default_factory=dict)
+
+
+def strict_validator():
+    """Full R4 validation with fhir.resources.R4B (the slow, thorough path)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
+
+    def validate(res: dict, ctx: ResourceContext) -> None:
+        try:
+            get_fhir_model_class(ctx.rtype).model_validate(res)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ctx.error(f"invalid under FHIR R4 ({first['msg']})", loc) from None
+        except KeyError:
+            raise ctx.error("unknown resource type under FHIR R4", "resourceType") from None
+
+    return validate
+
+
+def parse_file(path: Path, checksum: str, strict: bool, latest: datetime) -> ParsedFile:
+    """The whole file at once (worker processes: one file per task)."""
+    pieces = list(parse_pieces(path, checksum, strict, latest, piece=None))
+    return pieces[0]
+
+
+def parse_pieces(path: Path, checksum: str, strict: bool, latest: datetime, piece: int | None = 20_000):
+    """The file as ParsedFile pieces of at most `piece` records (None: one piece), so that a very large
+    NDJSON file streams through the parent with bounded memory."""
+    extract = Extractor(latest)
+    validate = strict_validator() if strict else None
+    out = ParsedFile(path, checksum)
+
+    def bad(err: IngestError, raw) -> None:
+        out.bad.append((err.reason, err.record, err.field, raw()))
+
+    try:
+        for locator, res, raw in iter_resources(path, fast=not strict):
+            if isinstance(res, IngestError):
+                bad(res, raw)
+                continue
+            rtype = res.get("resourceType")
+            kind = classify_type(rtype, extract)
+            rid = res.get("id")
+            ctx = ResourceContext(path, str(rtype), str(rid) if rid else None, locator)
+            if kind == "unknown":
+                bad(ctx.error(f"unknown resourceType {rtype!r} (not a FHIR R4 resource)", "resourceType"), raw)
+                continue
+            if kind == "r5":
+                bad(ctx.error(f"R5-only resourceType {rtype!r} under R4", "resourceType"), raw)
+                continue
+            if kind == "ignore":
+                out.ignored += 1
+                continue
+            try:
+                if validate is not None:
+                    validate(res, ctx)
+                extracted = extract(res, ctx)
+            except IngestError as err:
+                bad(err, raw)
+                continue
+            content = hashlib.sha256(content_bytes(res)).hexdigest()[:32]
+            out.good.append((f"{rtype}/{rid or content}", content, extracted, ctx.record, locator))
+            if piece is not None and len(out.good) + len(out.bad) >= piece:
+                out.displays, extract.displays = extract.displays, {}
+                yield out
+                out = ParsedFile(path, checksum)
+    except IngestError as err:  # file-level: what was read before it is kept
+        out.file_error = (err.reason, err.record, err.field)
+    out.displays = extract.displays
+    yield out
+
+
+def raw_record(path: Path, locator: str) -> bytes:
+    """The raw bytes of one record (for quarantine), found again by its locator."""
+    for loc, res, raw in iter_resources(path, fast=False):
+        if loc == locator:
+            return raw()
+    return b""
