@@ -17,12 +17,14 @@ DISPLAY_MIN = 256
 
 
 def in_hu(provenance: dict[str, Any]) -> bool:
+    """Whether a series is CT kept in Hounsfield units (not normalised or windowed at ingest), so CT windows apply."""
     intensity = provenance.get("intensity") or {}
     return (intensity.get("normalize") == "none" and not intensity.get("window")
             and intensity.get("window_center") is None and provenance.get("dicom_modality") == "CT")
 
 
 def presets_for(provenance: dict[str, Any]) -> list[str]:
+    """The display presets a series offers: CT windows (and the full range) for a series kept in HU, else contrast presets."""
     return [*WINDOW_PRESETS, "full"] if in_hu(provenance) else list(CONTRAST_PRESETS)
 
 

@@ -22,6 +22,7 @@ MAX_GO = 3
 
 
 def build(org_sqlite: str, go_sqlite: str, out: str) -> int:
+    """Derive the compact gene table (symbol, Ensembl, Entrez, name, GO terms) from org.Hs.eg.db's SQLite."""
     con = sqlite3.connect(org_sqlite)
     go_names = dict(sqlite3.connect(go_sqlite).execute("SELECT go_id, term FROM go_term"))
     ens: dict[int, list[str]] = defaultdict(list)
