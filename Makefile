@@ -21,6 +21,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/biomm run pipelines/demo.yaml
 	$(BIN)/biomm run pipelines/cells.yaml
+	$(BIN)/biomm run pipelines/sequences.yaml
 
 test: $(STAMP)
 	bash scripts/test.sh

@@ -84,35 +84,80 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return parsed
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per bad key of a pydantic error, naming the config `source`."""
-    lines = [f"invalid config {source}:"]
+def yaml_key_lines(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line of that key in YAML `text` (mappings and lists; {} when it does not parse)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+                lines[dotted] = key.start_mark.line + 1
+                walk(value, dotted)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                dotted = f"{prefix}.{i}" if prefix else str(i)
+                lines.setdefault(dotted, item.start_mark.line + 1)
+                walk(item, dotted)
+
+    walk(root, "")
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str, lines: dict[str, int] | None = None) -> str:
+    """One line naming the config `source` and each bad key (with its YAML line when `lines` knows it)."""
+    parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        at = (lines or {}).get(loc) or (lines or {}).get(loc.rsplit(".", 1)[0] if "." in loc else "")
+        where = f" (line {at})" if at else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{loc}'")
+            parts.append(f"unknown key '{loc}'{where}")
         else:
-            lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)
+            parts.append(f"{loc}{where}: {e['msg']}")
+    return f"invalid config {source}: " + "; ".join(parts)
 
 
-def load_config(model: type[StrictModel], source: str | Path | dict | None, overrides: list[str] | None = None):
-    """Load YAML (path or dict) into `model`, apply `--set` overrides, validate; ConfigError names the bad key."""
+def read_yaml(path: str | Path) -> tuple[Any, str]:
+    """(parsed YAML, its text) of the file at `path`; ConfigError in one line naming the file, line and
+    column when it is missing, a folder or not valid YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is a folder, not a YAML file")
+    try:
+        text = path.read_text()
+        return yaml.safe_load(text), text
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a text (YAML) file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config {path}{where}: not valid YAML ({problem})") from None
+
+
+def load_config(model: type[StrictModel], source: str | Path | dict | None, overrides: list[str] | None = None,
+                *, name: str | None = None, text: str | None = None):
+    """Load YAML (path or dict) into `model`, apply `--set` overrides, validate; ConfigError (one line) names
+    the file, the bad key and its line. `name`/`text`: the file a dict was read from, and its YAML text."""
+    lines: dict[str, int] = yaml_key_lines(text) if text else {}
     if source is None:
         data: dict = {}
-        name = f"<default {model.__name__}>"
+        name = name or f"<default {model.__name__}>"
     elif isinstance(source, dict):
         data = json.loads(json.dumps(source))
-        name = f"<dict {model.__name__}>"
+        name = name or f"<dict {model.__name__}>"
     else:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
-        name = str(path)
+        data, raw = read_yaml(source)
+        data = data or {}
+        lines = yaml_key_lines(raw)
+        name = str(source)
     if not isinstance(data, dict):
         raise ConfigError(f"config {name} must be a mapping at the top level")
     for key, value in parse_overrides(overrides):
@@ -120,7 +165,7 @@ def load_config(model: type[StrictModel], source: str | Path | dict | None, over
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, name)) from None
+        raise ConfigError(format_validation_error(err, name, lines)) from None
 
 
 # ---------------------------------------------------------------- schemas

@@ -57,8 +57,9 @@ _SPECS = (
     ModalitySpec(
         name="ehr",
         title="health records (MEDS events)",
-        readers={"fhir": "biomm.ingest.ehr.fhir:ingest"},
-        reader_configs={"fhir": "biomm.ingest.ehr.config:FhirIngestConfig"},
+        readers={"fhir": "biomm.ingest.ehr.fhir:ingest", "meds": "biomm.ingest.ehr.meds:ingest"},
+        reader_configs={"fhir": "biomm.ingest.ehr.config:FhirIngestConfig",
+                        "meds": "biomm.ingest.ehr.config:MedsIngestConfig"},
         tables=(
             """CREATE TABLE IF NOT EXISTS fhir_resources (
                 resource_key VARCHAR PRIMARY KEY, content_hash VARCHAR, source_checksum VARCHAR)""",
@@ -67,7 +68,8 @@ _SPECS = (
         summary="biomm.ingest.ehr.summary:summary",
         source="biomm.data.ehr:EhrSource",
         adapter="biomm.adapters.ehr:EhrAdapter",
-        schemas={"fhir_ingest": "biomm.ingest.ehr.config:FhirIngestConfig"},
+        schemas={"fhir_ingest": "biomm.ingest.ehr.config:FhirIngestConfig",
+                 "meds_ingest": "biomm.ingest.ehr.config:MedsIngestConfig"},
     ),
     ModalitySpec(
         name="imaging",
@@ -103,6 +105,7 @@ _SPECS = (
         readers={"fasta": "biomm.ingest.sequence.fasta:ingest"},
         reader_configs={"fasta": "biomm.ingest.sequence.config:SequenceIngestConfig"},
         summary="biomm.ingest.sequence.summary:summary",
+        source="biomm.data.sequence:SequenceSource",  # each stored sequence is a subject (data.kind: sequences)
         kinds=("sequences",),
         adapter="biomm.adapters.sequence:SequenceAdapter",
         schemas={"sequence_ingest": "biomm.ingest.sequence.config:SequenceIngestConfig"},

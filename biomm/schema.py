@@ -25,6 +25,9 @@ class QueryRequest(BaseModel):
     k: int = Field(10, ge=1, le=100, description="Neighbours (kind=similar)")
     modality: str | None = Field(None, description="Search by this modality's embedding instead of the fused one (kind=similar)")
     cells: str | None = Field(None, description="Path of an .h5ad to annotate (kind=annotate); default: the cohort's cells")
+    sequences: str | None = Field(None, max_length=1_000_000,
+                                  description="FASTA to annotate (kind=annotate, sequence models): a path, or the FASTA "
+                                              "text itself (starting with '>'); default: the cohort's sequences")
     gene: str | None = Field(None, description="Gene to perturb (kind=perturb): symbol or Ensembl id")
     max_cells: int = Field(1000, ge=1, le=100_000)
 
@@ -54,6 +57,7 @@ class EventEvidence(BaseModel):
     time: str
     value: float | None = None
     description: str | None = None
+    unit: str | None = Field(None, description="Unit of the value, as recorded (e.g. mm[Hg])")
 
 
 class Neighbor(BaseModel):
@@ -62,6 +66,8 @@ class Neighbor(BaseModel):
     subject_id: str
     score: float
     label: str | None = None
+    shared: list[str] = Field(default_factory=list, description="Diagnoses and procedures (SNOMED) both subjects "
+                                                                "have, the rarest in the cohort first (at most 3)")
 
 
 class Evidence(BaseModel):

@@ -1,12 +1,25 @@
-"""EHR adapter: a transformer over MEDS events.
+"""EHR adapter: a transformer over a subject's whole timeline of MEDS events.
 
-Each event = code embedding + value embedding (numeric value, or a learned "no value"
-embedding) + time embedding (days relative to the prediction time, or since the first event;
-sinusoidal or log-bucketed). Only the most recent `max_events` events are kept.
+Each event = code embedding + value embedding + time embeddings, one vector per event:
+- value: the per-code quantile bin of its numeric value (bins fitted on the training split, as
+  CLMBR / ETHOS do), or where a code has no bins the standardised value through a small MLP, or a
+  learned "no value" embedding;
+- time: days before the prediction time (or since the first event; sinusoidal or log-bucketed),
+  the age at the event (sinusoidal, periods up to ~100 years) and the time since the previous
+  event (log2 buckets);
+- static facts (sex, race, ethnicity, birth) are their own tokens: a learned "static" embedding
+  replaces their time embeddings.
+
+Attention is `torch.nn.functional.scaled_dot_product_attention` (memory-efficient / flash kernels on
+CPU and GPU: memory linear in the context), so a context of 8,192 events at batch 8 fits in a few GiB
+(`biomm bench ehr`). `causal: true` makes each event see only the events before it (needed by the
+next-event objective; the pooled embedding still reads every token).
 
 Tensors: `codes` [B,L] long (0 = pad), `values` [B,L] float, `value_mask` [B,L] bool,
-`times` [B,L] float (days, ascending within a row), `mask` [B,L] bool; optional
-`prediction_time` [B] float (days; default: each row's last event).
+`times` [B,L] float (days, ascending within a row), `mask` [B,L] bool; optional `value_bins`
+[B,L] long (0 = no bin), `age` [B,L] float (days since birth, NaN unknown), `static` [B,L] bool,
+`gap` [B,L] float (days since the previous event; default: from `times`), `prediction_time` [B] float (days;
+default: each row's last event).
 """
 from __future__ import annotations
 
@@ -14,25 +27,31 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, resolve
-from biomm.nn.attention import key_padding, transformer
 
 
 class EhrConfig(AdapterConfig):
-    """Config of the EHR adapter: code vocabulary, events kept, and how event times are encoded."""
+    """Config of the EHR adapter: code vocabulary, context, value bins, time encodings, causality."""
 
     vocab_size: int = Field(4096, ge=2, description="Number of event codes (0 = pad, 1 = mask)")
-    max_events: int = Field(256, ge=1, description="Keep the most recent N events")
+    max_events: int = Field(8192, ge=1, description="Context: keep the static facts and the most recent events")
     time_encoding: Literal["sinusoidal", "log_bucket"] = "sinusoidal"
     time_reference: Literal["prediction", "first"] = Field(
         "prediction", description="Encode time before the prediction time, or since the first event"
     )
+    value_bins: int = Field(10, ge=0, description="Per-code quantile bins of numeric values (0 = standardised value only)")
+    causal: bool = Field(False, description="Each event attends only to earlier events (next-event pretraining)")
+    target_min_count: int = Field(5, ge=1, description="Next-event targets: codes seen at least this often in training")
+    target_codes: int = Field(0, ge=0, description="Number of next-event target codes (set by the data: the most "
+                                                     "frequent codes, ids 3 .. 3 + target_codes)")
 
 
 MASK_CODE = 1
+FIRST_CODE = 3  # ids 0 pad, 1 mask, 2 unknown
 
 
 def take_last(tensors: dict[str, torch.Tensor], mask: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
@@ -58,13 +77,13 @@ def take_last(tensors: dict[str, torch.Tensor], mask: torch.Tensor, n: int) -> d
 
 
 class TimeEncoding(nn.Module):
-    """Days -> width: sinusoids with periods from 1 day to ~30 years, or log2 buckets."""
+    """Days -> width: sinusoids with periods from 1 day to `max_period` days, or log2 buckets."""
 
-    def __init__(self, width: int, kind: str) -> None:
+    def __init__(self, width: int, kind: str, max_period: float = 10_000.0) -> None:
         super().__init__()
         self.kind = kind
         if kind == "sinusoidal":
-            periods = torch.logspace(0, math.log10(10_000.0), width // 2)
+            periods = torch.logspace(0, math.log10(max_period), width // 2)
             self.register_buffer("freq", 2 * math.pi / periods, persistent=False)
             self.proj = nn.Linear(2 * (width // 2), width)
         else:
@@ -80,24 +99,89 @@ class TimeEncoding(nn.Module):
 
 
 class EventEmbedding(nn.Module):
-    """code + value (or learned no-value) + time embeddings, one vector per event."""
+    """code + value (bin, standardised value or no-value) + time, age and gap embeddings (static: a learned
+    static embedding instead of the time ones), one vector per event."""
 
     def __init__(self, cfg: EhrConfig, width: int) -> None:
         super().__init__()
         self.code = nn.Embedding(cfg.vocab_size, width, padding_idx=0)
         self.value = nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, width))
+        self.bins = nn.Embedding(cfg.value_bins + 1, width, padding_idx=0)
         self.no_value = nn.Parameter(torch.randn(width) * 0.02)
+        self.static = nn.Parameter(torch.randn(width) * 0.02)
         self.time = TimeEncoding(width, cfg.time_encoding)
+        self.age = TimeEncoding(width, "sinusoidal", max_period=40_000.0)
+        self.gap = TimeEncoding(width, "log_bucket")
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, codes, values, value_mask, days) -> torch.Tensor:
-        """Event vectors [B, L, W] from `codes` [B, L] long, `values` [B, L], `value_mask` [B, L] bool, `days` [B, L]."""
+    def forward(self, codes, values, value_mask, days, value_bins=None, age=None, gap=None, static=None) -> torch.Tensor:
+        """Event vectors [B, L, W] from `codes` [B, L] long, `values` [B, L], `value_mask` [B, L] bool, `days` [B, L];
+        optional `value_bins` [B, L] long, `age` [B, L] days (NaN unknown), `gap` [B, L] days, `static` [B, L] bool."""
         v = torch.where(value_mask[..., None], self.value(values.nan_to_num()[..., None]), self.no_value)
-        return self.norm(self.code(codes) + v + self.time(days))
+        if value_bins is not None:
+            binned = value_mask & (value_bins > 0)
+            v = torch.where(binned[..., None], self.bins(value_bins.clamp(0, self.bins.num_embeddings - 1)), v)
+        t = self.time(days)
+        if age is not None:
+            known = ~torch.isnan(age)
+            t = t + self.age(age.nan_to_num(0.0)) * known[..., None]
+        if gap is not None:
+            t = t + self.gap(gap)
+        if static is not None:
+            t = torch.where(static[..., None], self.static, t)
+        return self.norm(self.code(codes) + v + t)
+
+
+class SdpaBlock(nn.Module):
+    """Pre-norm transformer block on `scaled_dot_product_attention`: [B, L, W] -> [B, L, W]."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool) -> torch.Tensor:
+        """`x` [B, L, W], real-token `mask` [B, L] (left-aligned when `causal`): the block's output [B, L, W]."""
+        b, n, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if causal:  # left-aligned rows: a real event's earlier keys are all real
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            keys = mask.clone()
+            keys[~mask.any(1), 0] = True  # a row without events attends to position 0 (its output is masked)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :])
+        x = x + self.out(a.transpose(1, 2).reshape(b, n, w))
+        return x + self.ff(self.norm2(x))
+
+
+class EventTransformer(nn.Module):
+    """A stack of `SdpaBlock`s over event vectors: [B, L, W] -> [B, L, W]."""
+
+    def __init__(self, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(SdpaBlock(width, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """Hidden states [B, L, W] of `x` [B, L, W] under the real-token `mask` [B, L]."""
+        for layer in self.layers:
+            x = layer(x, mask, causal)
+        return self.norm(x)
+
+
+def time_gaps(times: torch.Tensor, mask: torch.Tensor, static: torch.Tensor | None) -> torch.Tensor:
+    """Days since the previous timed event [B, L] (0 for the first, static and padded events)."""
+    prev = torch.cat([times[:, :1], times[:, :-1]], 1)
+    timed = mask if static is None else mask & ~static
+    prev_timed = torch.cat([torch.zeros_like(timed[:, :1]), timed[:, :-1]], 1)
+    return torch.where(timed & prev_timed, (times - prev).clamp_min(0.0), torch.zeros_like(times))
 
 
 class EhrAdapter(Adapter):
-    """EHR adapter: a transformer over each subject's most recent MEDS events (tensors: see the module doc)."""
+    """EHR adapter: a transformer over each subject's events up to its prediction time (tensors: see the module doc)."""
 
     modality = "ehr"
     Config = EhrConfig
@@ -107,7 +191,7 @@ class EhrAdapter(Adapter):
         encoder = nn.ModuleDict(
             {
                 "embed": EventEmbedding(cfg, size["width"]),
-                "transformer": transformer(size["width"], size["layers"], size["heads"]),
+                "transformer": EventTransformer(size["width"], size["layers"], size["heads"]),
             }
         )
         super().__init__(encoder, size["width"], width)
@@ -141,20 +225,31 @@ class EhrAdapter(Adapter):
             last = torch.where(mask, times, torch.full_like(times, -math.inf)).amax(1)
             ref = tensors.get("prediction_time", last).float()
             days = (ref.nan_to_num(0.0, 0.0, 0.0)[:, None] - times).masked_fill(~mask, 0.0)
-        h = self.encoder["embed"](codes, t["values"].float(), value_mask, days)
-        h = self.encoder["transformer"](h, src_key_padding_mask=key_padding(mask))
+        static = t.get("static")
+        static = static & mask if static is not None else None
+        age = t.get("age")
+        gap = t["gap"].float() * mask if "gap" in t else time_gaps(times, mask, static)
+        h = self.encoder["embed"](codes, t["values"].float(), value_mask, days, t.get("value_bins"),
+                                  age.float() if age is not None else None, gap, static)
+        h = self.encoder["transformer"](h, mask, self.cfg.causal)
         return h, mask
 
     def example_tensors(self, batch_size, length, generator):
-        """Random left-aligned events: `codes`, `values`, `value_mask`, `times` (ascending), `mask`, all [B, L]."""
+        """Random left-aligned events: `codes`, `values`, `value_mask`, `value_bins`, `times` (ascending), `age`,
+        `static` (the first event), `mask`, all [B, L]."""
         b, n = batch_size, length
         lengths = torch.randint(1, n + 1, (b, 1), generator=generator)
         mask = torch.arange(n)[None] < lengths
+        value_mask = (torch.rand(b, n, generator=generator) < 0.5) & mask
+        times = torch.rand(b, n, generator=generator).mul(3650).sort(1).values
         return {
-            "codes": torch.randint(2, self.cfg.vocab_size, (b, n), generator=generator) * mask,
+            "codes": torch.randint(FIRST_CODE, self.cfg.vocab_size, (b, n), generator=generator) * mask,
             "values": torch.randn(b, n, generator=generator),
-            "value_mask": (torch.rand(b, n, generator=generator) < 0.5) & mask,
-            "times": torch.rand(b, n, generator=generator).mul(3650).sort(1).values,
+            "value_mask": value_mask,
+            "value_bins": torch.randint(1, self.cfg.value_bins + 1, (b, n), generator=generator) * value_mask,
+            "times": times,
+            "age": times + 10_000.0,
+            "static": (torch.arange(n)[None] == 0) & mask,
             "mask": mask,
         }
 
@@ -171,3 +266,39 @@ class EhrAdapter(Adapter):
         """Masked events and their codes, aligned with the output tokens: `mask` [B, L'] bool, `target` [B, L'] long."""
         t = self._events(tensors)
         return {"mask": t["mlm_mask"] & t["mask"], "target": t["codes"]}
+
+    def next_event_targets(self, tensors: dict[str, torch.Tensor], max_positions: int) -> dict[str, torch.Tensor]:
+        """CLMBR-style targets aligned with the output tokens: at the last event of each day that has a later
+        day, the codes of that next day. Returns `row` [P] and `pos` [P] long (the token each prediction reads,
+        at most `max_positions` per row, the most recent kept), `target` [P, target_codes] float multi-hot
+        over the target codes (ids `FIRST_CODE .. FIRST_CODE + target_codes`)."""
+        t = self._events(tensors)
+        mask, codes, k = t["mask"], t["codes"], self.cfg.target_codes
+        day = torch.floor(t["times"].double())
+        static = t.get("static")
+        timed = mask if static is None else mask & ~static
+        big = torch.finfo(torch.float64).max
+        day = torch.where(timed, day, torch.full_like(day, -big))
+        # day index per row: increments where the day changes among timed events (left-aligned, ascending)
+        prev = torch.cat([torch.full_like(day[:, :1], -big), day[:, :-1]], 1)
+        new_day = timed & (day != prev)
+        day_id = torch.cumsum(new_day.long(), 1) - 1  # -1 before the first timed event
+        nxt = torch.cat([day[:, 1:], torch.full_like(day[:, :1], -big)], 1)
+        nxt_timed = torch.cat([timed[:, 1:], torch.zeros_like(timed[:, :1])], 1)
+        last_of_day = timed & (~nxt_timed | (nxt != day))
+        n_days = day_id.max(1).values + 1  # per row
+        has_next = last_of_day & (day_id < (n_days[:, None] - 1))
+        # keep the most recent `max_positions` per row
+        rank = torch.flip(torch.cumsum(torch.flip(has_next.long(), [1]), 1), [1])
+        sel = has_next & (rank <= max_positions)
+        row, pos = sel.nonzero(as_tuple=True)
+        b = mask.shape[0]
+        slots = torch.full((b, int(n_days.max().clamp_min(1))), -1, dtype=torch.long)
+        slots[row, day_id[row, pos]] = torch.arange(len(row))
+        target = torch.zeros(len(row), max(k, 1))
+        ok = timed & (codes >= FIRST_CODE) & (codes < FIRST_CODE + k) & (day_id > 0)
+        er, ep = ok.nonzero(as_tuple=True)
+        src = slots[er, day_id[er, ep] - 1]
+        hit = src >= 0
+        target[src[hit], codes[er, ep][hit] - FIRST_CODE] = 1.0
+        return {"row": row, "pos": pos, "target": target[:, :k] if k else target[:, :0]}

@@ -1,8 +1,11 @@
 """`biomm bench ingest-dicom`: series/s from DICOM files to a cached, preprocessed tensor.
 
-biomm (`ingest_dicom` into a fresh cohort: checksums, de-identification, manifest, npz cache) against
-plain MONAI (`LoadImaged(reader="PydicomReader")` + the same transforms + `np.savez_compressed`),
-same run, same files, outputs compared."""
+biomm (`ingest_dicom` into a fresh cohort: checksums, de-identification, manifest, npz cache) against two
+peers, same run, same files, outputs compared:
+- plain MONAI: `LoadImaged(reader="PydicomReader")` + the same transforms + `np.savez_compressed`;
+- SimpleITK: `ImageSeriesReader` with GDCM's slice order and geometry (`ReadImage` for a single file),
+  the array and LPS geometry turned into MONAI's (C, X, Y[, Z]) + RAS affine, then the same transforms
+  and `np.savez_compressed`."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +21,8 @@ import pydicom
 import pydicom.data
 
 from biomm.ingest.imaging.config import DicomIngestConfig
-from biomm.ingest.imaging.transforms import KEY, build_transforms
+from biomm.ingest.imaging.geometry import LPS_TO_RAS
+from biomm.ingest.imaging.transforms import KEY, SeriesTransforms, build_transforms
 from biomm.store.image_cache import load_cached
 
 # Grayscale MONOCHROME2 single-frame files of pydicom-data that both readers interpret alike
@@ -77,6 +81,49 @@ def run_monai(series: list[Path], cfg: DicomIngestConfig, out: Path) -> dict[str
     return results
 
 
+def sitk_read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A series folder through SimpleITK (GDCM): channel-first (C, X, Y[, Z]) float32 array and its 4x4 RAS affine."""
+    import SimpleITK as sitk
+
+    files = sorted(str(f) for f in folder.iterdir())
+    if len(files) > 1:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(files[0])
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)  # (Z, Y, X[, C])
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    arr = np.transpose(arr, (3, 2, 1, 0))  # (C, X, Y, Z)
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    if len(files) == 1 and arr.shape[-1] == 1:
+        arr = arr[..., 0]  # a single image is 2D, as biomm and MONAI read it
+    return arr, LPS_TO_RAS @ lps
+
+
+def run_sitk(series: list[Path], cfg: DicomIngestConfig, out: Path) -> dict[str, np.ndarray]:
+    """The SimpleITK peer: ImageSeriesReader, then the same transforms and cache format as biomm."""
+    transforms = SeriesTransforms(cfg)
+    results = {}
+    for folder in series:
+        arr, affine = sitk_read(folder)
+        image, out_affine, _ = transforms(arr, affine)
+        image = image.astype(cfg.preprocess.cache_dtype)
+        with open(out / f"{folder.name}.npz", "wb") as fh:
+            np.savez_compressed(fh, image=image, affine=out_affine)
+        results[folder.name] = image
+    return results
+
+
+def _diffs(peer: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> list[float]:
+    """Max absolute difference per series (inf where the shapes differ)."""
+    return [float(np.max(np.abs(a.astype(np.float32) - ours[name].astype(np.float32)))) if a.shape == ours[name].shape
+            else float("inf") for name, a in peer.items()]
+
+
 def run_biomm(series: list[Path], cfg: DicomIngestConfig, cohort: Path) -> int:
     """biomm's ingest (the timed part); returns the records written."""
     from biomm.ingest.imaging.dicom import ingest
@@ -107,13 +154,18 @@ def bench(repeats: int = 3, workers: int = 0) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="biomm-bench-dicom-"))
     try:
         series = prepare(tmp / "src")
-        t_monai, t_biomm, t_biomm1 = [], [], []
+        t_monai, t_biomm, t_biomm1, t_sitk = [], [], [], []
         for r in range(repeats):
             out = tmp / f"monai{r}"
             out.mkdir()
             t0 = time.perf_counter()
             monai_out = run_monai(series, cfg, out)
             t_monai.append(time.perf_counter() - t0)
+            out = tmp / f"sitk{r}"
+            out.mkdir()
+            t0 = time.perf_counter()
+            sitk_out = run_sitk(series, cfg, out)
+            t_sitk.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             run_biomm(series, cfg, tmp / f"cohort{r}")
             t_biomm.append(time.perf_counter() - t0)
@@ -121,10 +173,8 @@ def bench(repeats: int = 3, workers: int = 0) -> dict:
             t0 = time.perf_counter()
             run_biomm(series, cfg.model_copy(update={"workers": 1}), tmp / f"cohort1_{r}")
             t_biomm1.append(time.perf_counter() - t0)
-        diffs = []
-        for name, a in monai_out.items():
-            b = biomm_out[name]
-            diffs.append(float(np.max(np.abs(a.astype(np.float32) - b.astype(np.float32)))) if a.shape == b.shape else float("inf"))
+        diffs = _diffs(monai_out, biomm_out)
+        sitk_diffs = _diffs(sitk_out, biomm_out)
         n_series = len(series)
         best = lambda ts: min(ts)  # noqa: E731  (best of repeats: least disturbed by the machine)
         return {
@@ -137,6 +187,11 @@ def bench(repeats: int = 3, workers: int = 0) -> dict:
             "monai_series_per_s": round(n_series / best(t_monai), 2),
             "ratio_vs_monai": round(best(t_monai) / best(t_biomm), 3),
             "ratio_vs_monai_1proc": round(best(t_monai) / best(t_biomm1), 3),
+            "sitk_series_per_s": round(n_series / best(t_sitk), 2),
+            "ratio_vs_sitk": round(best(t_sitk) / best(t_biomm), 3),
+            "ratio_vs_sitk_1proc": round(best(t_sitk) / best(t_biomm1), 3),
+            "sitk_outputs_agree": sum(d <= 2e-3 for d in sitk_diffs),
+            "sitk_max_abs_diff": round(max(sitk_diffs), 6) if sitk_diffs else None,
             "decoding_processes": min(n_workers, n_series),
             "outputs_agree": sum(d <= 2e-3 for d in diffs),
             "outputs_compared": len(diffs),

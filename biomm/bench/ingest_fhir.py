@@ -1,14 +1,21 @@
-"""`biomm bench ingest-fhir`: biomm's FHIR path against full fhir.resources.R4B validation.
+"""`biomm bench ingest-fhir`: biomm's FHIR path against two peers, in the same run on the same files.
 
-Both read the same files in the same run; the peer parses each file with orjson and validates
-every resource with its R4B pydantic model (what `--strict` adds), biomm runs its default ingest
-into a fresh cohort (decode, extract, de-identify, write Parquet and the manifest). Peak RSS is
+- fhir.resources: parse each file with orjson and validate every resource with its R4B pydantic
+  model (what `--strict` adds);
+- fhiry: `fhiry.parallel.process(folder)`, the FHIR-to-pandas library users pick (one worker process
+  per core, every resource flattened into one DataFrame). fhiry reads only uncompressed `.json`, so
+  this pair runs on an uncompressed copy of the bundles, biomm included.
+
+biomm runs its default ingest into a fresh cohort (decode, extract, de-identify, write Parquet and
+the manifest): more work per resource than either peer's output, which is neither de-identified
+nor stored. Peak RSS is
 measured in child processes for 1x and 4x the input (4x = the shipped bundles re-keyed, so that
 they are new patients) to show memory stays flat as the input grows."""
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 import tempfile
 import time
@@ -60,6 +67,26 @@ def peer_validate(files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
+def uncompressed_copies(files: list[Path], dst: Path) -> Path:
+    """The bundles of `files` as plain `.json` files in `dst` (fhiry reads only those); returns `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        out = dst / f.name.removesuffix(".gz")
+        if not out.exists():
+            out.write_bytes(gzip.decompress(f.read_bytes()))
+    return dst
+
+
+def peer_fhiry(folder: Path) -> tuple[float, int]:
+    """Seconds `fhiry.parallel.process` takes on a folder of `.json` bundles, and the rows of its DataFrame."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from fhiry import parallel
+
+    t0 = time.perf_counter()
+    df = parallel.process(str(folder))
+    return time.perf_counter() - t0, len(df)
+
+
 def biomm_ingest(files: list[Path], cohort: Path) -> float:
     """Seconds biomm's FHIR ingest takes on `files` into a new cohort."""
     from biomm.ingest.ehr.fhir import ingest
@@ -87,6 +114,12 @@ def run(repeats: int = 3) -> dict:
     biomm_ingest(one[:3], work / "warm")
     ours = min(biomm_ingest(one, work / f"run{i}") for i in range(repeats))
     peer = min(peer_validate(one) for _ in range(max(1, repeats - 1)))
+    plain = uncompressed_copies(one, work / "x1_json")
+    plain_files = sorted(plain.glob("*.json"))
+    peer_fhiry(plain)  # warm (imports, pool start-up paths)
+    fhiry_runs = [peer_fhiry(plain) for _ in range(max(1, repeats - 1))]
+    fhiry_s, fhiry_rows = min(r[0] for r in fhiry_runs), fhiry_runs[0][1]
+    ours_plain = min(biomm_ingest(plain_files, work / f"plain{i}") for i in range(max(1, repeats - 1)))
     mem1 = run_child("biomm.bench.ingest_fhir", str(work / "x1"), str(work / "mem1"))
     mem4 = run_child("biomm.bench.ingest_fhir", str(work / "x4"), str(work / "mem4"))
     return {
@@ -96,7 +129,14 @@ def run(repeats: int = 3) -> dict:
         "peer": "orjson + fhir.resources.R4B model_validate per resource (same files, same process)",
         "peer_resources_per_s": round(n / peer),
         "ratio": round(peer / ours, 2),
+        "ratio_vs_fhir_resources": round(peer / ours, 2),
         "target_ratio": 20,
+        "fhiry": {"peer": "fhiry.parallel.process(folder) -> one pandas DataFrame of flattened resources "
+                          f"({os.cpu_count()} worker processes)", "input": "the same bundles, uncompressed .json",
+                  "fhiry_resources_per_s": round(n / fhiry_s), "fhiry_dataframe_rows": fhiry_rows,
+                  "biomm_resources_per_s": round(n / ours_plain)},
+        "ratio_vs_fhiry": round(fhiry_s / ours_plain, 2),
+        "target_ratio_vs_fhiry": 5,
         "peak_rss_mib": {"1x": mem1["peak_rss_mib"], "4x": mem4["peak_rss_mib"],
                          "ratio_4x_over_1x": round(mem4["peak_rss_mib"] / mem1["peak_rss_mib"], 2)},
         "resources_per_s_4x_child": round(4 * n / mem4["seconds"]),

@@ -33,7 +33,7 @@ def build_demo(root: Path, n_patients: int = 60) -> tuple[Path, Path]:
     from biomm.model.bundle import load
     from biomm.config import load_config
     from biomm.data.tasks import load_tasks
-    from biomm.eval.clinical import evaluate_clinical
+    from biomm.eval.clinical import QUICK, evaluate_clinical
     from biomm.model.export import export
     from biomm.heads.qa.train import train_qa
     from biomm.heads.qa.config import QAConfig
@@ -59,7 +59,7 @@ def build_demo(root: Path, n_patients: int = 60) -> tuple[Path, Path]:
                             ["trainer.max_steps=20", "trainer.val_every_n_steps=20", "trainer.checkpoint_every_n_steps=20"])
     fit(cfg, cohort, root / "run", progress=False)
     model = export(root / "run", root / "model")
-    evaluate_clinical(load(model), cohort, root / "eval", load_tasks(), names=[TASK])
+    evaluate_clinical(load(model), cohort, root / "eval", load_tasks(), names=[TASK], protocol=QUICK)
     train_qa(model, cohort, load_config(QAConfig, configs / "qa" / "tiny.yaml", ["train.steps=50"]))
     return Path(model), cohort
 
@@ -71,7 +71,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(model: Path, cohort: Path, token: str, port: int, threads: int) -> subprocess.Popen:
+def start_server(model: Path, cohort: Path, token: str, port: int, threads: int) -> subprocess.Popen:
+    """`biomm serve` of `model` on `cohort` in a child process on loopback, with one reader token."""
     env = {**os.environ, "BIOMM_TOKENS": f"{token}:reader", "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen([sys.executable, "-m", "biomm", "serve", str(model), "--cohort", str(cohort),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
@@ -102,8 +103,10 @@ def _percentiles(ms: list[float]) -> dict[str, Any]:
             "p99_ms": round(float(p99), 1), "max_ms": round(max(ms), 1)}
 
 
-async def _load(base: str, token: str, subjects: list[str], clients: int, seconds: float, seed: int) -> dict[str, Any]:
-    """`clients` concurrent clients, each issuing one query at a time until `seconds` have passed."""
+async def load_test(base: str, token: str, subjects: list[str], clients: int, seconds: float, seed: int,
+                    kinds: tuple[str, ...] = ("task", "ask", "similar")) -> dict[str, Any]:
+    """`clients` concurrent clients, each issuing one query (of a kind drawn from `kinds`) at a time until
+    `seconds` have passed: latency percentiles per kind, throughput, errors."""
     import httpx
 
     lat: dict[str, list[float]] = {"task": [], "ask": [], "similar": []}
@@ -114,7 +117,7 @@ async def _load(base: str, token: str, subjects: list[str], clients: int, second
     async def client(i: int, http: httpx.AsyncClient) -> None:
         rng = random.Random(seed + i)
         while time.monotonic() < stop:
-            kind, subject = rng.choice(("task", "ask", "similar")), rng.choice(subjects)
+            kind, subject = rng.choice(kinds), rng.choice(subjects)
             body = {"kind": kind, "subject": subject, **({"task": TASK} if kind == "task" else {}),
                     **({"question": rng.choice(QUESTIONS)} if kind == "ask" else {}), **({"k": 10} if kind == "similar" else {})}
             t0 = time.perf_counter()
@@ -185,13 +188,13 @@ def run(model: Path | None, cohort: Path | None, seconds: float = 30, clients: i
             subjects = c.subjects()
         token, port = secrets.token_urlsafe(24), free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = _start_server(Path(model), Path(cohort), token, port, server_threads)
+        proc = start_server(Path(model), Path(cohort), token, port, server_threads)
         try:
             t0 = time.perf_counter()
             wait_ready(base, proc)
             startup_s = time.perf_counter() - t0
-            asyncio.run(_load(base, token, subjects[:5], 2, 2, seed))  # warm-up (first QA call loads the LM)
-            load = asyncio.run(_load(base, token, subjects, clients, seconds, seed))
+            asyncio.run(load_test(base, token, subjects[:5], 2, 2, seed))  # warm-up (first QA call loads the LM)
+            load = asyncio.run(load_test(base, token, subjects, clients, seconds, seed))
         finally:
             proc.terminate()
             try:

@@ -22,13 +22,15 @@ def fit_annotator(model: str | Path, cohort: str | Path) -> dict:
     return {"classes": list(probe.classes)}
 
 
-def simulate(cohort: str | Path, out: str | Path, n_targets: int, seed: int) -> dict:
-    """Write simulated knock-downs of the cohort's cells; returns the file and the perturbed genes."""
+def simulate(cohort: str | Path, out: str | Path, n_targets: int, seed: int, doubles: int = 0, copies: int = 1) -> dict:
+    """Write simulated knock-downs (singles and `doubles` pairs) of the cohort's cells; returns the file and the
+    perturbed genes."""
     from biomm.heads.cells.cellset import cohort_cells_file
     from biomm.ingest.demo.perturbations import simulate_knockdowns
 
-    path, targets = simulate_knockdowns(cohort_cells_file(Path(cohort)), Path(out), n_targets=n_targets, seed=seed)
-    return {"data": str(path), "targets": targets, "simulated": True}
+    path, targets = simulate_knockdowns(cohort_cells_file(Path(cohort)), Path(out), n_targets=n_targets, seed=seed,
+                                        n_doubles=doubles, copies=copies)
+    return {"data": str(path), "targets": targets, "doubles": doubles, "simulated": True}
 
 
 def fit_perturbation(model: str | Path, cohort: str | Path, data: str | Path, holdout: list[str], group_key: str | None) -> dict:
@@ -50,10 +52,12 @@ def fit_annotator_cmd(model: Path = typer.Argument(...), cohort: Path = typer.Op
 
 @cells_app.command("simulate-perturbation")
 def simulate_cmd(cohort: Path = typer.Argument(..., help="Cell cohort"), out: Path = typer.Option(..., "--out"),
-                 targets: int = typer.Option(12, "--targets"), seed: int = typer.Option(0, "--seed")) -> None:
+                 targets: int = typer.Option(12, "--targets"), seed: int = typer.Option(0, "--seed"),
+                 doubles: int = typer.Option(0, "--doubles", help="Double perturbations A+B of the targets"),
+                 copies: int = typer.Option(1, "--copies", help="Times each real cell appears (each copy perturbed anew)")) -> None:
     """Write a SIMULATED Perturb-seq-shaped .h5ad: in-silico knock-downs of the cohort's real cells."""
     with user_errors():
-        dump_json(simulate(cohort, out, targets, seed))
+        dump_json(simulate(cohort, out, targets, seed, doubles, copies))
 
 
 @cells_app.command("fit-perturbation")
@@ -86,9 +90,10 @@ def fit_annotator_step(ctx: PipelineContext, model: str, cohort: str) -> dict:
 
 
 @step("simulate_perturbation")
-def simulate_step(ctx: PipelineContext, cohort: str, out: str, targets: int = 12, seed: int = 0) -> dict:
-    """Pipeline step: simulated Perturb-seq data from the cohort's cells."""
-    info = simulate(ctx.path(cohort), ctx.path(out), targets, seed)
+def simulate_step(ctx: PipelineContext, cohort: str, out: str, targets: int = 12, seed: int = 0, doubles: int = 0,
+                  copies: int = 1) -> dict:
+    """Pipeline step: simulated Perturb-seq data (singles and doubles) from the cohort's cells."""
+    info = simulate(ctx.path(cohort), ctx.path(out), targets, seed, doubles, copies)
     console.print(f"SIMULATED perturbations of real cells: {', '.join(info['targets'])}")
     return info
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from biomm.commands.apps import bench_app, ingest_app
-from biomm.commands.common import print_summary, user_errors
+from biomm.commands.common import check_cohort_folder, deid_key as resolve_deid_key, print_summary, user_errors
 from biomm.config import load_config
 from biomm.pipeline import PipelineContext, step
 
@@ -35,14 +35,18 @@ def ingest_dicom_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML DicomIngestConfig (see configs/imaging/)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value (e.g. intensity.window=lung)"),
     no_deid: bool = typer.Option(False, "--no-deid", help="Data is already de-identified: keep UIDs, ids and dates"),
-    deid_key: Optional[str] = typer.Option(None, "--deid-key", help="De-identification key (default: the cohort's key file)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    deid_key: Optional[str] = typer.Option(None, "--deid-key", help="De-identification key (shows in `ps`: prefer --deid-key-file or BIOMM_DEID_KEY; default: the cohort's key file)"),
+    deid_key_file: Optional[Path] = typer.Option(None, "--deid-key-file", help="File holding the de-identification key"),
+    create: bool = typer.Option(False, "--create", help="Make a cohort in an existing non-empty folder"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on standard output"),
 ) -> None:
     """Ingest DICOM series (2D images, volumes, multi-frame) as de-identified, preprocessed tensors."""
     from biomm.ingest.imaging.dicom import ingest
 
     with user_errors():
-        summary = ingest(sources, cohort, _config(config, set_, no_deid, deid_key), progress=not as_json)
+        check_cohort_folder(cohort, create)
+        key = resolve_deid_key(deid_key, deid_key_file)
+        summary = ingest(sources, cohort, _config(config, set_, no_deid, key), progress=not as_json)
     print_summary(summary, as_json)
     raise typer.Exit(summary.exit_code)
 
@@ -55,8 +59,10 @@ def ingest_dicomweb_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML DicomIngestConfig"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
     no_deid: bool = typer.Option(False, "--no-deid", help="Data is already de-identified"),
-    deid_key: Optional[str] = typer.Option(None, "--deid-key", help="De-identification key"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    deid_key: Optional[str] = typer.Option(None, "--deid-key", help="De-identification key (shows in `ps`: prefer --deid-key-file or BIOMM_DEID_KEY)"),
+    deid_key_file: Optional[Path] = typer.Option(None, "--deid-key-file", help="File holding the de-identification key"),
+    create: bool = typer.Option(False, "--create", help="Make a cohort in an existing non-empty folder"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on standard output"),
 ) -> None:
     """Pull studies from a PACS (QIDO-RS + WADO-RS) through the DICOM series pipeline."""
     import requests
@@ -64,8 +70,10 @@ def ingest_dicomweb_cmd(
     from biomm.ingest.imaging.dicomweb import ingest
 
     with user_errors():
+        check_cohort_folder(cohort, create)
+        key = resolve_deid_key(deid_key, deid_key_file)
         try:
-            summary = ingest([url], cohort, _config(config, set_, no_deid, deid_key, study), progress=not as_json)
+            summary = ingest([url], cohort, _config(config, set_, no_deid, key, study), progress=not as_json)
         except requests.RequestException as exc:
             raise ValueError(f"DICOMweb request to {url} failed: {exc}") from None
     print_summary(summary, as_json)

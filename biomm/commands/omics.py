@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from biomm.commands.apps import bench_app, ingest_app
-from biomm.commands.common import print_summary, user_errors
+from biomm.commands.common import check_cohort_folder, print_summary, user_errors
 from biomm.config import load_config
 from biomm.pipeline import PipelineContext, step
 
@@ -20,13 +20,15 @@ def ingest_omics_cmd(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML OmicsIngestConfig (see configs/omics/)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value (e.g. qc.min_genes=50)"),
     label_key: List[str] = typer.Option([], "--label-key", help="obs column to keep as a cell label (repeatable)"),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON"),
+    create: bool = typer.Option(False, "--create", help="Make a cohort in an existing non-empty folder"),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on standard output"),
 ) -> None:
     """Ingest single-cell omics: detect what X holds, run the matching scanpy recipe, register cells as subjects."""
     from biomm.ingest.omics.anndata import ingest
     from biomm.ingest.omics.config import OmicsIngestConfig
 
     with user_errors():
+        check_cohort_folder(cohort, create)
         cfg = load_config(OmicsIngestConfig, config, set_)
         cfg.label_keys = list(dict.fromkeys([*cfg.label_keys, *label_key]))
         summary = ingest(sources, cohort, cfg, progress=not as_json)

@@ -44,8 +44,9 @@ def eval_cmd(
     split: str = typer.Option("test", "--split", help="train, val or test"),
     xray_labels: Optional[Path] = typer.Option(None, "--xray-labels", help="Linkage CSV (default: the head's config)"),
 ) -> None:
-    """Exact match and token F1 per question type, with the majority baselines, as JSON."""
-    from biomm.heads.qa.train import evaluate_qa
+    """EM / token F1 per question type on held-out patients and held-out wordings, against the majority and
+    retrieval-only baselines, with evidence precision, "not recorded" F1 and answer latency, as JSON."""
+    from biomm.heads.qa.evaluate import evaluate_qa
 
     with user_errors():  # QueryError is a ValueError: one clear line, exit code 2
         dump_json(evaluate_qa(model, cohort, split, str(xray_labels) if xray_labels else None))
@@ -56,7 +57,7 @@ def ask_cmd(
     model: Path = typer.Argument(..., help="Model folder with a trained QA head"),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
     subject: str = typer.Option(..., "--subject", help="Subject id (pseudonymous)"),
-    question: str = typer.Option(..., "--question", help="e.g. 'Does the chest X-ray show pneumonia?'"),
+    question: str = typer.Option(..., "--question", help="e.g. 'What was the most recent systolic blood pressure?'"),
 ) -> None:
     """Answer one question about one subject; prints the QueryResponse JSON (answer and evidence)."""
     from biomm.heads.qa.service import answer
@@ -76,7 +77,8 @@ def train_qa_step(ctx: PipelineContext, model: str, cohort: str, config: str | N
         overrides.append(f"questions.xray_labels={ctx.path(xray_labels)}")
     cfg = _config(ctx.path(config) if config else None, overrides)
     metrics = train_qa(ctx.path(model), ctx.path(cohort), cfg, progress=True)
-    ev = metrics["eval"]
-    console.print(f"QA test EM {ev['model']['overall']['em']:.3f} (baseline {ev['baseline']['overall']['em']:.3f}), "
-                  f"F1 {ev['model']['overall']['f1']:.3f} (baseline {ev['baseline']['overall']['f1']:.3f})")
+    for name, ev in ((k, metrics["eval"][k]) for k in ("held_out_patients", "held_out_wordings")):
+        console.print(f"QA {name}: EM {ev['model']['overall']['em']:.3f} (majority {ev['majority']['overall']['em']:.3f}, "
+                      f"retrieval {ev['retrieval']['overall']['em']:.3f}), evidence precision "
+                      f"{ev['evidence_precision']['precision']:.3f}, not-recorded F1 {ev['not_recorded']['model']['f1']:.3f}")
     return {"model": str(ctx.path(model)), "head": str(ctx.path(model) / "heads" / "qa"), "metrics": metrics}

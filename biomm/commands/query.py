@@ -10,22 +10,28 @@ from biomm.commands.apps import app
 from biomm.commands.common import console, dump_json, out, user_errors
 from biomm.pipeline import PipelineContext, step
 
+# the shipped task names, for --help (a folder listing: no task module is imported to show help)
+_TASK_NAMES = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "resources" / "tasks").glob("*.yaml"))
+
 
 @app.command("embed")
 def embed_cmd(
     model: Path = typer.Argument(..., help="Exported model folder"),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print what was embedded as one JSON object"),
+    full: bool = typer.Option(False, "--full", help="Embed every subject again (default: only new and changed "
+                                                    "subjects when the saved embeddings come from the same model)"),
 ) -> None:
     """Embed every subject (fused and per modality), write them to the store, build the index."""
     from biomm.query.embed import embed_cohort
 
     with user_errors():
-        info = embed_cohort(model, cohort)
+        info = embed_cohort(model, cohort, incremental=not full)
     if as_json:
         dump_json(info)
     else:
-        console.print(f"embedded {info['subjects']} subjects -> {info['embeddings']}; index ({info['backend']}) -> {info['index']}")
+        console.print(f"embedded {info['embedded']} of {info['subjects']} subjects ({info['reused']} unchanged, kept) "
+                      f"-> {info['embeddings']}; index ({info['backend']}) -> {info['index']}")
 
 
 def _print_response(resp) -> None:
@@ -58,12 +64,13 @@ def query_cmd(
     model: Path = typer.Argument(..., help="Exported model folder"),
     cohort: Path = typer.Option(..., "--cohort", help="Cohort folder"),
     subject: Optional[str] = typer.Option(None, "--subject", help="Subject id (pseudonymous)"),
-    task: Optional[str] = typer.Option(None, "--task", help="Prediction task name"),
+    task: Optional[str] = typer.Option(None, "--task", help=f"Prediction task name: {', '.join(_TASK_NAMES) or '-'}, or one of --tasks"),
     ask: Optional[str] = typer.Option(None, "--ask", help="A question about the subject"),
     similar: Optional[str] = typer.Option(None, "--similar", help="Find subjects similar to this one"),
-    k: int = typer.Option(10, "--k"),
+    k: int = typer.Option(10, "--k", min=1, help="How many similar subjects (with --similar)"),
     by: Optional[str] = typer.Option(None, "--by", help="Similarity by this modality's embedding (default: fused)"),
     cells: Optional[Path] = typer.Option(None, "--cells", help=".h5ad of cells to annotate"),
+    sequences: Optional[Path] = typer.Option(None, "--sequences", help="FASTA of sequences to annotate (sequence models)"),
     annotate: bool = typer.Option(False, "--annotate", help="Annotate cell types (the cohort's cells, or --cells)"),
     perturb: Optional[str] = typer.Option(None, "--perturb", help="Predict the response to knocking this gene down"),
     tasks_dir: List[Path] = typer.Option([], "--tasks", help="Extra folder(s) of task YAML files"),
@@ -79,8 +86,8 @@ def query_cmd(
         req = dict(kind="ask", subject=subject, question=ask)
     elif similar:
         req = dict(kind="similar", subject=similar, k=k, modality=by)
-    elif annotate or cells:
-        req = dict(kind="annotate", cells=str(cells) if cells else None)
+    elif annotate or cells or sequences:
+        req = dict(kind="annotate", cells=str(cells) if cells else None, sequences=str(sequences) if sequences else None)
     elif perturb:
         req = dict(kind="perturb", gene=perturb)
     else:
@@ -106,13 +113,20 @@ def eval_cmd(
     task: List[str] = typer.Option([], "--task", help="Only these tasks (clinical); default: all"),
     tasks_dir: List[Path] = typer.Option([], "--tasks", help="Extra folder(s) of task YAML files"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default: MODEL/eval)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object"),
+    quick: bool = typer.Option(False, "--quick", help="Clinical: one repeat, k = 1/4/16, two draws (smoke runs); "
+                                                     "default: 5 folds x 3 seeds, k = 1..64, five draws"),
 ) -> None:
     """Metrics against honest baselines, saved as JSON with a Markdown report and PNG plots."""
     from biomm.eval.run import run_eval
 
     with user_errors():
-        report, path = run_eval(model, cohort, out_dir, task, tasks_dir)
+        protocol = None
+        if quick:
+            from biomm.eval.clinical import QUICK
+
+            protocol = QUICK
+        report, path = run_eval(model, cohort, out_dir, task, tasks_dir, protocol)
     if as_json:
         dump_json(report)
     else:
@@ -128,11 +142,17 @@ def embed_step(ctx: PipelineContext, model: str, cohort: str) -> dict:
 
 
 @step("eval")
-def eval_step(ctx: PipelineContext, model: str, cohort: str, out: str | None = None, tasks: list[str] | None = None) -> dict:
-    """Pipeline step: `biomm eval`; returns the report path."""
+def eval_step(ctx: PipelineContext, model: str, cohort: str, out: str | None = None, tasks: list[str] | None = None,
+              quick: bool = False) -> dict:
+    """Pipeline step: `biomm eval` (`quick`: the cheaper clinical protocol); returns the report path."""
     from biomm.eval.run import run_eval
 
-    report, path = run_eval(ctx.path(model), ctx.path(cohort), ctx.path(out) if out else None, tasks or [], [])
+    protocol = None
+    if quick:
+        from biomm.eval.clinical import QUICK
+
+        protocol = QUICK
+    report, path = run_eval(ctx.path(model), ctx.path(cohort), ctx.path(out) if out else None, tasks or [], [], protocol)
     console.print(f"report: {path}")
     return {"report": str(path)}
 
@@ -152,6 +172,8 @@ def query_step(ctx: PipelineContext, model: str, cohort: str, queries: list[dict
             q["subject"] = engine.richest_subject()
         if q.get("gene") == "@simulated":  # a gene knocked down in this pipeline's simulation (seen in training)
             q["gene"] = ctx.results["simulate_perturbation"]["targets"][-1]
+        if q.get("sequences"):  # a FASTA to annotate: relative to the project, `{workdir}` expanded
+            q["sequences"] = str(ctx.path(q["sequences"]))
         resp = engine.query(QueryRequest(**q))
         out.rule(f"query: {q.get('kind')}")
         _print_response(resp)

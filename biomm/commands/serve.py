@@ -20,7 +20,9 @@ def serve_cmd(
                                           "or set BIOMM_TOKENS=\"tok1:reader,tok2:writer\""),
     config: Optional[Path] = typer.Option(None, "--config", help="Serve config YAML (limits, CORS origins, ingest configs)"),
     set_: List[str] = typer.Option([], "--set", help="Override a config value: key=value"),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", help="Log level of the server (debug, info, warning, error)"),
+    ssl_certfile: Optional[Path] = typer.Option(None, "--ssl-certfile", help="TLS certificate (PEM) for HTTPS"),
+    ssl_keyfile: Optional[Path] = typer.Option(None, "--ssl-keyfile", help="TLS private key (PEM) for HTTPS"),
 ) -> None:
     """Serve queries, ingest and the web page at http://HOST:PORT/ (bearer tokens; CORS off by default)."""
     import logging
@@ -33,6 +35,11 @@ def serve_cmd(
     from biomm.serve.settings import ServeConfig
 
     try:
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise ValueError("give --ssl-certfile and --ssl-keyfile together")
+        for tls_file in (ssl_certfile, ssl_keyfile):
+            if tls_file is not None and not tls_file.is_file():
+                raise FileNotFoundError(f"TLS file not found: {tls_file}")
         cfg = load_config(ServeConfig, config, set_)
         table = load_tokens(tokens)
         application = create_app(model, cohort, table, cfg)
@@ -45,11 +52,27 @@ def serve_cmd(
     roles = sorted(set(table.values()))
     console.print(f"model {engine.model_name}: {len(engine.subjects)} subjects, tasks {', '.join(sorted(engine.tasks)) or '-'}; "
                   f"{len(table)} token(s) ({', '.join(roles)})")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"[yellow]warning:[/] listening on {host} without TLS: put a TLS-terminating proxy in front")
-    console.print(f"page: http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
+    tls = ssl_certfile is not None
+    warning = tls_warning(host, tls)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    console.print(f"page: {'https' if tls else 'http'}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
     logging.getLogger("biomm.serve").setLevel(log_level.upper())
-    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False)
+    # uvicorn's access log records query strings (searches may name a patient): biomm.serve.app.AccessLog instead
+    uvicorn.run(application, host=host, port=port, log_level=log_level, proxy_headers=False, server_header=False,
+                access_log=False, ssl_certfile=str(ssl_certfile) if tls else None,
+                ssl_keyfile=str(ssl_keyfile) if tls else None)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def tls_warning(host: str, tls: bool) -> str | None:
+    """The warning for listening beyond loopback without TLS (tokens and patient data in clear), else None."""
+    if host in LOOPBACK or tls:
+        return None
+    return (f"listening on {host} without TLS: tokens and patient data cross the network in clear; "
+            "give --ssl-certfile/--ssl-keyfile or put a TLS-terminating proxy in front")
 
 
 @bench_app.command("serve")

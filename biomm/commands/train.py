@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from biomm.commands.apps import app
+from biomm.commands.apps import app, export_app
 from biomm.commands.common import console, dump_json, user_errors
 from biomm.pipeline import PipelineContext, step
 
@@ -34,7 +34,7 @@ def train_cmd(
         dump_json(metrics)
 
 
-@app.command("export")
+@export_app.command("model")
 def export_cmd(
     run: Path = typer.Argument(..., help="Run folder written by `biomm train`"),
     to: Path = typer.Option(..., "--to", help="Folder for the self-contained model"),

@@ -11,7 +11,8 @@ from biomm.data.omics import OmicsLoaderConfig
 
 class DataConfig(StrictModel):
     """How subjects of a cohort become batches: their kind, the modalities fed, batch size, context lengths, vocabularies."""
-    kind: Literal["patients", "cells"] = Field("patients", description="Subjects are patients (EHR, imaging, text) or cells (omics, text)")
+    kind: Literal["patients", "cells", "sequences"] = Field(
+        "patients", description="Subjects are patients (EHR, imaging, text), cells (omics, text) or sequences (sequence, text)")
     modalities: list[str] = Field(..., min_length=1, description="Modalities fed to the model; each must exist in the cohort")
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0, description="Loader processes (0 = in the training process: safe on 2 cores)")
@@ -23,7 +24,9 @@ class DataConfig(StrictModel):
     text_notes: int = Field(3, ge=1, description="Most recent notes joined into a patient's text")
     imaging_modalities: list[str] | None = Field(None, description="DICOM modalities used (e.g. [CR, DX]); default: all")
     label_key: str | None = Field(None, description="Cells: obs column whose label prompt ('a {label} cell') is the text")
-    label_name: str | None = Field(None, description="Patients: a cohort label (labels table) given to each sample, for supervised objectives")
-    prompt: str = Field("a {label} cell", description="Cells: label prompt template")
+    label_name: str | None = Field(None, description="Patients: a cohort label (labels table) given to each sample, for supervised objectives; sequences: the label whose prompt is the text")
+    prompt: str = Field("a {label} cell", description="Cells and sequences: label prompt template")
     omics: OmicsLoaderConfig = OmicsLoaderConfig(batch_size=64, chunk_size=32, preload_chunks=8)
+    sequence_max_tokens: int = Field(512, ge=4, description="Sequences: tokens fed per sequence (longer ones are cut at the end)")
+    dna_kmer: int = Field(6, ge=1, le=8, description="Sequences: k of the built-in DNA k-mer tokenizer (1 = single nucleotides)")
     val_fraction_min: int = Field(2, ge=1, description="A split with fewer subjects than this is an error")

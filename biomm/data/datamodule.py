@@ -14,12 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from biomm.config import ConfigError
 from biomm.data.config import DataConfig
+from biomm.data.loaders import SplitLoaders
 from biomm.data.omics import CellChunkDataset
 from biomm.data.samples import Sample, SampleDataset
 from biomm.data.source import ModalitySource, SourceContext, open_source
@@ -56,23 +56,7 @@ class Collator:
         return Batch(mods, [s.subject_id for s in samples], labels, extras)
 
 
-class _SplitLoaders(L.LightningDataModule):
-    """Lightning's loaders by split, from the subclass's `_loader(split, shuffle)`."""
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def loader(self, split: str) -> DataLoader:
-        return self._loader(split, False)
-
-
-class PatientDataModule(_SplitLoaders):
+class PatientDataModule(SplitLoaders):
     """Patients of a cohort: EHR events, imaging series and notes, by split."""
 
     def __init__(self, cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None,
@@ -87,15 +71,18 @@ class PatientDataModule(_SplitLoaders):
 
     # ----------------------------------------------------------------------------- setup
     def prepare(self, adapters: dict[str, Any] | None = None, load_artifacts: bool = False,
-                inference: bool = False) -> "PatientDataModule":
+                inference: bool = False, subjects: list[str] | None = None) -> "PatientDataModule":
         """Read the cohort, check it can feed the model, open one source per modality. Fails early.
 
         `adapters`: the model's adapter configs (input sizes the data must match). `inference`: every
-        subject is used (no split-size checks) and vocabularies are the run's saved ones."""
+        subject is used (no split-size checks) and vocabularies are the run's saved ones. `subjects`
+        (inference only): read just these subjects' data, e.g. to re-embed the ones that changed."""
+        wanted = set(subjects) if subjects is not None else None
         with Cohort(self.root, create=False, read_only=True) as c:
             check_modalities(self.cfg.modalities, c.modality_counts(), self.root)
             splits = {s: c.split_subjects(s) for s in ("train", "val", "test")}
-            records = {m: c.records(m) for m in self.cfg.modalities if m != "ehr"}  # EHR reads its shards
+            records = {m: [r for r in c.records(m) if wanted is None or r["subject_id"] in wanted]
+                       for m in self.cfg.modalities if m != "ehr"}  # EHR reads its shards
             with_any = c.subjects_with_any(self.cfg.modalities)
         if self.given_samples is not None:
             self.samples = self.given_samples
@@ -105,13 +92,16 @@ class PatientDataModule(_SplitLoaders):
                             for s, subjects in splits.items()}
         if inference:
             self.samples["all"] = [s for split in ("train", "val", "test") for s in self.samples.get(split, [])]
+            if wanted is not None:
+                self.samples = {"all": [s for s in self.samples["all"] if s.subject_id in wanted]}
         for split in () if inference else ("train", "val"):
             if len(self.samples.get(split, [])) < self.cfg.val_fraction_min:
                 raise ConfigError(
                     f"the {split} split of {self.root} has {len(self.samples.get(split, []))} subject(s) with "
                     f"{'/'.join(self.cfg.modalities)} data; at least {self.cfg.val_fraction_min} are needed")
-        ctx = SourceContext(self.root, self.cfg, [s.subject_id for s in self.samples["train"]],
-                            artifacts_dir=self.artifacts_dir, load_artifacts=load_artifacts)
+        ctx = SourceContext(self.root, self.cfg, [s.subject_id for s in self.samples.get("train", [])],
+                            artifacts_dir=self.artifacts_dir, load_artifacts=load_artifacts,
+                            subjects=[s.subject_id for s in self.samples["all"]] if subjects is not None else None)
         adapters = adapters or {}
         self.sources = {m: open_source(m, replace(ctx, records=records.get(m, []), adapter=adapters.get(m)))
                         for m in self.cfg.modalities}
@@ -177,7 +167,7 @@ class CellBatches(torch.utils.data.IterableDataset):
             yield Batch(mods, list(b.get("subject_ids") or b["cell_ids"]), labels, {"cell_ids": b["cell_ids"]})
 
 
-class CellDataModule(_SplitLoaders):
+class CellDataModule(SplitLoaders):
     """Cells of a cohort's omics file, split by the manifest's subject splits."""
 
     def __init__(self, cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None):
@@ -203,9 +193,10 @@ class CellDataModule(_SplitLoaders):
         self.h5ad = self.root / files[0]
         if "text" in self.cfg.modalities and not self.cfg.label_key:
             raise ConfigError("data.label_key is needed: a cell's text is the prompt of its label")
+        mlp = getattr((adapters or {}).get("omics"), "encoder", "") == "mlp"
         loader_cfg = self.cfg.omics.model_copy(update={
             "label_keys": sorted(set(self.cfg.omics.label_keys) | ({self.cfg.label_key} if self.cfg.label_key else set())),
-            "batch_size": self.cfg.batch_size})
+            "batch_size": self.cfg.batch_size, **({"x_mapped_only": True} if mlp else {})})
         probe = CellChunkDataset(self.h5ad, loader_cfg)
         subject_ids = self._subject_ids(probe)
         self.subject_ids = subject_ids
@@ -227,8 +218,8 @@ class CellDataModule(_SplitLoaders):
                     {"label_key": self.cfg.label_key, "categories": self.categories, "prompt": self.cfg.prompt}))
         self.n_genes = int(probe.var_token_ids.max()) + 1 if len(probe.var_token_ids) else 2
         self.n_hvg = len(probe.x_columns)
-        omics = (adapters or {}).get("omics")
-        self._omics_inputs = self.n_hvg if getattr(omics, "encoder", "") == "mlp" else max(self.n_genes, 2)
+        self._omics_inputs = self.n_hvg if mlp else max(self.n_genes, 2)
+        self._omics_gene_ids = [int(i) for i in probe.var_token_ids[probe.x_columns]] if mlp else None
         return self
 
     def _subject_ids(self, probe: CellChunkDataset) -> list[str]:
@@ -241,7 +232,10 @@ class CellDataModule(_SplitLoaders):
     def vocab_sizes(self) -> dict[str, dict[str, int]]:
         """Adapter config values the data decides: the omics adapter's gene count (the HVG vector's length for
         an MLP encoder), the text adapter's vocabulary."""
-        out: dict[str, dict[str, int]] = {"omics": {"n_genes": self._omics_inputs}}
+        out: dict[str, dict] = {"omics": {"n_genes": self._omics_inputs,
+                                          "input_values": "bins" if self.cfg.omics.tokens.value_mode == "binned" else "expression"}}
+        if self._omics_gene_ids is not None:  # the mlp reads the HVG vector: which gene each position is
+            out["omics"]["gene_ids"] = self._omics_gene_ids
         if self.tokenizer is not None:
             out["text"] = {"vocab_size": len(self.tokenizer)}
         return out
@@ -254,6 +248,11 @@ class CellDataModule(_SplitLoaders):
 
 
 def build_datamodule(cohort_root: str | Path, cfg: DataConfig, artifacts_dir: str | Path | None = None):
-    """The data module for `cfg.kind`: patients (one source per modality) or cells (streamed from the .h5ad)."""
+    """The data module for `cfg.kind`: patients (one source per modality), cells (streamed from the .h5ad) or
+    sequences (each stored sequence a subject, its label prompt the text)."""
+    if cfg.kind == "sequences":
+        from biomm.data.sequence import SequenceDataModule
+
+        return SequenceDataModule(cohort_root, cfg, artifacts_dir)
     return (CellDataModule if cfg.kind == "cells" else PatientDataModule)(cohort_root, cfg, artifacts_dir)
 

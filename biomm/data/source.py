@@ -29,6 +29,7 @@ class SourceContext:
     artifacts_dir: Path | None = None
     load_artifacts: bool = False
     adapter: Any = None
+    subjects: list[str] | None = None  # read only these subjects' data (None: every subject)
 
     def artifact(self, name: str) -> Path | None:
         """Path of an artifact of this run (None when the run keeps none)."""

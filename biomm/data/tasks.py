@@ -100,9 +100,37 @@ def _cohort_labels(cohort_root: Path, name: str) -> dict[str, list[tuple[float, 
     return out
 
 
+def code_system(code: str) -> str:
+    """The system of a MEDS code: the part before '/' ('SNOMED/123' -> 'SNOMED'; 'MEDS_DEATH' is its own)."""
+    return code.split("/", 1)[0]
+
+
+def check_task(task: TaskDef, events: EhrEvents, cohort_root: str | Path) -> None:
+    """ConfigError naming the task and the field when a code names a system the cohort has no event of, or
+    when no subject has the outcome (no code of `label.codes`; no value of the cohort label)."""
+    codes = np.unique(events.codes_text.astype(str)) if len(events.codes_text) else np.zeros(0, str)
+    systems = sorted({code_system(c) for c in codes})
+    fields = [("prediction_time.anchor_codes", task.prediction_time.anchor_codes), ("label.codes", task.label.codes)]
+    for name, patterns in fields:
+        unknown = sorted({code_system(p.rstrip("*")) for p in patterns} - set(systems))
+        if unknown:
+            raise ConfigError(f"task {task.name}: {name} names unknown code system {', '.join(map(repr, unknown))} "
+                              f"(cohort {Path(cohort_root).name} has: {', '.join(systems) or 'no events'})")
+    if task.label.kind == "code_within" and not code_matcher(task.label.codes)(codes).any():
+        raise ConfigError(f"task {task.name}: label.codes: no subject of cohort {Path(cohort_root).name} has the "
+                          f"outcome {', '.join(task.label.codes)}")
+    if task.label.kind == "cohort_label":
+        values = [v for rows in _cohort_labels(Path(cohort_root), task.label.label_name).values() for _, v in rows]
+        if not any(v > 0 for v in values):
+            raise ConfigError(f"task {task.name}: label.label_name: no subject of cohort {Path(cohort_root).name} has "
+                              f"a positive {task.label.label_name!r} label ({len(values)} label rows)")
+
+
 def build_samples(task: TaskDef, events: EhrEvents, cohort_root: str | Path,
                   subjects: list[str] | None = None) -> list[Sample]:
-    """Samples of `task` for `subjects` (default: every subject with events), labels in `labels[task.name]`."""
+    """Samples of `task` for `subjects` (default: every subject with events), labels in `labels[task.name]`.
+    ConfigError (naming the task and field) when the task cannot apply to the cohort (see `check_task`)."""
+    check_task(task, events, cohort_root)
     anchor = code_matcher(task.prediction_time.anchor_codes)
     outcome = code_matcher(task.label.codes) if task.label.codes else None
     labels = _cohort_labels(Path(cohort_root), task.label.label_name) if task.label.kind == "cohort_label" else {}

@@ -112,7 +112,7 @@ class NotesSource(ModalitySource):
     @classmethod
     def open(cls, ctx: SourceContext) -> "NotesSource":
         """Every subject's notes; the tokenizer is fitted on the training subjects' notes only."""
-        notes = SubjectNotes(ctx.root)
+        notes = SubjectNotes(ctx.root, ctx.subjects)
         train = set(ctx.train_ids)
         tok = run_tokenizer(ctx, lambda: [t for sid, (_, ts) in notes.notes.items() if sid in train for t in ts])
         return cls(notes, tok, ctx.cfg.text_notes, ctx.cfg.text_max_length)

@@ -78,3 +78,33 @@ def recall_plot(recall: dict[str, float], title: str, path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def few_shot_plot(rows: dict, title: str, path: Path) -> Path:
+    """AUROC against k (positives per class, log2 axis; "all" = full data) per row, with 95% interval bands.
+    rows: name -> {"few_shot": {k: {"auroc", "low"?, "high"?}}, "full": {"auroc", "auroc_low"?, "auroc_high"?}}."""
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    ks = sorted({int(k) for r in rows.values() for k in r.get("few_shot", {})})
+    x_all = (max(ks) * 2) if ks else 1
+    for name, r in rows.items():
+        pts = sorted((int(k), v) for k, v in r.get("few_shot", {}).items())
+        xs, ys = [k for k, _ in pts], [v["auroc"] for _, v in pts]
+        lo = [v.get("low", v["auroc"]) for _, v in pts]
+        hi = [v.get("high", v["auroc"]) for _, v in pts]
+        full = r.get("full", {})
+        if full.get("auroc") is not None:
+            xs, ys = xs + [x_all], ys + [full["auroc"]]
+            lo, hi = lo + [full.get("auroc_low") or full["auroc"]], hi + [full.get("auroc_high") or full["auroc"]]
+        style = "-" if name.startswith("biomm_fused") or name == "hybrid" else "--"
+        line, = ax.plot(xs, ys, style, marker="o", ms=3, label=name)
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+    ax.set_xscale("log", base=2)
+    ticks = ks + [x_all]
+    ax.set_xticks(ticks, [str(k) for k in ks] + ["all"])
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set(xlabel="k positives (and k negatives) per task", ylabel="AUROC", title=title, ylim=(0.3, 1.0))
+    ax.legend(fontsize=6, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

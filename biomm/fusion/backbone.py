@@ -40,14 +40,24 @@ def pool_head(width: int) -> nn.Sequential:
 
 
 class Backbone(nn.Module):
-    """Shared bookkeeping: modality order, per-modality pooling heads, learned absent tokens."""
+    """Shared bookkeeping: modality order, per-modality pooling heads, learned absent tokens, and an
+    optional stream op (a fusion op over the per-modality fused streams giving the fused embedding)."""
 
-    def __init__(self, modalities: list[str], width: int, absent: str) -> None:
+    def __init__(self, modalities: list[str], width: int, absent: str, stream_op: str | None = None) -> None:
         super().__init__()
         if absent not in ("mask", "token"):
             raise ValueError(f"absent must be 'mask' or 'token', got '{absent}'")
         self.modalities, self.width, self.absent_mode = list(modalities), width, absent
         self.pool = nn.ModuleDict({m: pool_head(width) for m in modalities})
+        self.stream_op = build_fusion_op(stream_op, len(modalities), width) if stream_op else None
+
+    def fuse_streams(self, streams: dict[str, Tokens], present: dict[str, torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
+        """The stream op over each modality's fused stream `Tokens` [B, T_m, D] under `present` {m: [B]}: [B, D]
+        (a modality without a stream enters as absent)."""
+        b = ref.shape[0]
+        none = torch.zeros(b, dtype=torch.bool, device=ref.device)
+        inputs = [streams.get(m, Tokens(ref.new_zeros(b, 1, self.width), none[:, None])) for m in self.modalities]
+        return self.stream_op(inputs, [present.get(m, none) if m in streams else none for m in self.modalities])
 
     def active(self, tokens: dict[str, Tokens]) -> list[str]:
         """The backbone's modalities present as keys of `tokens`, in backbone order."""
@@ -63,8 +73,9 @@ class MiddleFusion(Backbone):
     modality's latents self-attend and cross-attend, through tanh-gated blocks (gates at 0),
     to the other present modalities' latents. Fused tokens: all streams, [B, M*K, D]."""
 
-    def __init__(self, modalities, width, heads, layers, num_latents=16, resampler_depth=2, absent="mask"):
-        super().__init__(modalities, width, absent)
+    def __init__(self, modalities, width, heads, layers, num_latents=16, resampler_depth=2, absent="mask",
+                 stream_op: str | None = None):
+        super().__init__(modalities, width, absent, stream_op)
         self.type_embed = nn.Parameter(torch.randn(len(modalities), width) * 0.02)
         self.num_latents = num_latents
         self.resamplers = nn.ModuleDict({m: PerceiverResampler(width, heads, num_latents, resampler_depth) for m in modalities})
@@ -112,15 +123,18 @@ class MiddleFusion(Backbone):
             x = block(xattn(x, kv, key_mask))
         fused_tokens = self.norm(x.reshape(n, b, k, d).transpose(0, 1).reshape(b, n * k, d))
         fused_mask = pres_t.repeat_interleave(k, 1)
-        return Fused(pooled, fused_tokens, fused_mask, Tokens(fused_tokens, fused_mask).pooled())
+        if self.stream_op is None:
+            return Fused(pooled, fused_tokens, fused_mask, Tokens(fused_tokens, fused_mask).pooled())
+        streams = {m: Tokens(fused_tokens[:, i * k:(i + 1) * k], fused_mask[:, i * k:(i + 1) * k]) for i, m in enumerate(mods)}
+        return Fused(pooled, fused_tokens, fused_mask, self.fuse_streams(streams, dict(zip(mods, pres)), some))
 
 
 class EarlyFusion(Backbone):
     """ViLT: one transformer over [CLS; all modalities' tokens + modality-type embeddings] with a
     joint mask. The fused embedding is the CLS output."""
 
-    def __init__(self, modalities, width, heads, layers, absent="mask"):
-        super().__init__(modalities, width, absent)
+    def __init__(self, modalities, width, heads, layers, absent="mask", stream_op: str | None = None):
+        super().__init__(modalities, width, absent, stream_op)
         self.type_embed = nn.Parameter(torch.randn(len(modalities), width) * 0.02)
         self.cls = nn.Parameter(torch.randn(width) * 0.02)
         if absent == "token":
@@ -138,7 +152,7 @@ class EarlyFusion(Backbone):
         b = some.shape[0]
         seq = [self.cls.to(some.dtype).expand(b, 1, -1)]
         mask = [torch.ones(b, 1, dtype=torch.bool, device=some.device)]
-        pooled = {}
+        pooled, spans, start = {}, {}, 1
         for i, m in enumerate(self.modalities):
             p = present.get(m, torch.zeros(b, dtype=torch.bool, device=some.device))
             if m in tokens:
@@ -146,12 +160,17 @@ class EarlyFusion(Backbone):
                 pooled[m] = self.embed(m, t)
                 seq.append(t.x + self.type_embed[i].to(t.x.dtype))
                 mask.append(t.mask)
+                spans[m], start = (start, start + t.x.shape[1], p), start + t.x.shape[1]
             if self.absent_mode == "token":
                 seq.append((self.absent[i] + self.type_embed[i]).to(some.dtype).expand(b, 1, -1))
                 mask.append(~p[:, None])
+                start += 1
         x, m_all = torch.cat(seq, 1), torch.cat(mask, 1)
         h = self.norm(self.encoder(x, src_key_padding_mask=key_padding(m_all)))
-        return Fused(pooled, h[:, 1:], m_all[:, 1:], h[:, 0])
+        if self.stream_op is None:
+            return Fused(pooled, h[:, 1:], m_all[:, 1:], h[:, 0])
+        streams = {m: Tokens(h[:, a:e], m_all[:, a:e]) for m, (a, e, _) in spans.items()}
+        return Fused(pooled, h[:, 1:], m_all[:, 1:], self.fuse_streams(streams, {m: p for m, (_, _, p) in spans.items()}, h))
 
 
 class LateFusion(Backbone):

@@ -164,6 +164,76 @@ class BagOfCodesBaseline:
         return self.lr.predict_proba(self.tfidf.transform(x))[:, 1]
 
 
+WINDOWS_DAYS = (30.0, 365.0, float("inf"))
+"""MEDS-Tab look-back windows of the count features: 30 days, a year, all history."""
+
+
+def count_features(events: EhrEvents, samples: list[Sample], windows: tuple[float, ...] = WINDOWS_DAYS,
+                   columns: dict[str, int] | None = None) -> tuple[np.ndarray, list[str]]:
+    """MEDS-Tab-style tabular features [N, F] float32 of each sample's events at or before its prediction time:
+    per look-back window, the count of each code and the last numeric value of each numeric code (NaN when
+    none). `columns` (code -> index, default: every code of these samples) fixes the code set; returns the
+    matrix and the feature names (`count/<window>/<code>`, `last/<window>/<code>`)."""
+    if columns is None:
+        seen: dict[str, int] = {}
+        for s in samples:
+            a, b = events.span(s.subject_id, s.prediction_time)
+            for c in np.unique(events.codes_text[a:b]):
+                seen.setdefault(str(c), len(seen))
+        columns = seen
+    numeric = sorted({str(c) for c in events.codes_text[events.value_mask]} & set(columns))
+    num_col = {c: i for i, c in enumerate(numeric)}
+    n_codes, n_num = len(columns), len(numeric)
+    width = len(windows) * (n_codes + n_num)
+    x = np.zeros((len(samples), width), np.float32)
+    for w in range(len(windows)):
+        x[:, w * (n_codes + n_num) + n_codes:(w + 1) * (n_codes + n_num)] = np.nan
+    raw = events.values  # standardised per code: the last value's order is that of the raw value
+    for i, s in enumerate(samples):
+        if s.subject_id not in events:
+            continue
+        a, b = events.span(s.subject_id, s.prediction_time)
+        codes, times, vmask = events.codes_text[a:b], events.times[a:b], events.value_mask[a:b]
+        pt = s.prediction_time if s.prediction_time is not None else (times[-1] if len(times) else 0.0)
+        for w, days in enumerate(windows):
+            base = w * (n_codes + n_num)
+            keep = times >= pt - days
+            cs, counts = np.unique(codes[keep], return_counts=True)
+            for c, n in zip(cs, counts):
+                j = columns.get(str(c))
+                if j is not None:
+                    x[i, base + j] = n
+            for j in np.flatnonzero(keep & vmask):  # ascending time: the last assignment is the last value
+                k = num_col.get(str(codes[j]))
+                if k is not None:
+                    x[i, base + n_codes + k] = raw[a + j]
+    names = [f"{kind}/{'all' if np.isinf(d) else f'{int(d)}d'}/{c}" for d in windows
+             for kind, cols in (("count", list(columns)), ("last", numeric)) for c in cols]
+    return x, names
+
+
+class CountGBM:
+    """The MEDS-Tab baseline: LightGBM on count / last-value features (fixed, commonly used hyperparameters,
+    not tuned on the evaluation data)."""
+
+    def __init__(self, seed: int = 0, n_estimators: int = 200) -> None:
+        self.seed, self.n_estimators = seed, n_estimators
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "CountGBM":
+        """Fit on features [N, F] (NaN = missing) and binary labels [N]."""
+        from lightgbm import LGBMClassifier
+
+        self.model = LGBMClassifier(n_estimators=self.n_estimators, learning_rate=0.05, num_leaves=15,
+                                    min_child_samples=5, subsample=0.8, subsample_freq=1, colsample_bytree=0.5,
+                                    reg_lambda=1.0, class_weight="balanced", random_state=self.seed, n_jobs=1,
+                                    verbose=-1).fit(x, y)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities [N] of the positive class for features [N, F]."""
+        return self.model.predict_proba(x)[:, 1]
+
+
 # ---------------------------------------------------------------------------------------- metrics
 def binary_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | int | None]:
     """AUROC, AUPRC, accuracy at 0.5, Brier, expected calibration error; None where undefined."""

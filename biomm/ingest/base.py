@@ -59,6 +59,8 @@ class IngestSummary(BaseModel):
     quarantined: int = 0
     quarantine: list[QuarantineEntry] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    details: dict[str, dict] = Field(default_factory=dict, description="Per source: what the reader found in it "
+                                     "(omics: input state, value kind such as TPM / FPKM, gene-id scheme, steps)")
     seconds: float = 0.0
 
     @property
@@ -107,14 +109,18 @@ class Source:
 
 
 def quarantine(cohort: Cohort, modality: str, summary: IngestSummary, path: str | Path, err: IngestError, *,
-               payload: bytes | None = None, name: str | None = None) -> None:
+               payload: bytes | None = None, name: str | None = None, checksum: str | None = None) -> None:
     """Keep bad input (the file, or `payload` for one bad record) in the cohort's quarantine and report it
-    in `summary` under `name` (default: the path)."""
+    in `summary` under `name`, by default the source's store label (checksum and suffix under
+    de-identification: file names often carry patient names), never the file name itself."""
+    path = Path(path)
+    if checksum is None:
+        checksum = sha256_file(path) if path.is_file() else sha256_bytes(payload or b"")
     cohort.quarantine(modality=modality, source_path=path, reason=err.reason, record=err.record, field=err.field,
-                      payload=payload)
+                      payload=payload, source_checksum=checksum)
     summary.quarantined += 1
-    summary.quarantine.append(QuarantineEntry(source=name or str(path), record=err.record, field=err.field,
-                                              reason=err.reason))
+    summary.quarantine.append(QuarantineEntry(source=name or cohort.source_label(path, checksum), record=err.record,
+                                              field=err.field, reason=err.reason))
 
 
 def for_each_source(
@@ -126,7 +132,7 @@ def for_each_source(
     *,
     checksum: Callable[[Path], str] = sha256_file,
     read: bool = False,
-    name_by_label: bool = False,
+    name_by_label: bool = True,
     progress: bool = True,
     description: str | None = None,
 ) -> None:
@@ -134,10 +140,14 @@ def for_each_source(
     ingested (in an earlier run or earlier in this one), and quarantine the whole source when `handle`
     raises IngestError (marked done with no records, so a re-run skips it too); the run goes on.
 
+    A skipped source that an earlier run quarantined (whole or in part) is reported again as quarantined,
+    with the earlier reason, so a re-run does not look like success.
+
     `files` are paths, or (path, name) pairs when a source has another name (a URL). `read` hands the
-    file's bytes to `handle` (hashed here, so the file is read once). `name_by_label` reports quarantined
-    sources by their store label instead of their path (file names that may carry identifiers)."""
+    file's bytes to `handle` (hashed here, so the file is read once). Quarantined sources are reported by
+    their store label (`name_by_label`, the default: file names may carry identifiers), else by path."""
     done = cohort.ingested_sources(modality)
+    earlier = cohort.quarantined_sources(modality)
     items = list(files)
     for item in iter_with_progress(items, description or modality, disable=not progress):
         path, name = (item if isinstance(item, tuple) else (item, str(item)))
@@ -147,13 +157,19 @@ def for_each_source(
         digest = sha256_bytes(data) if data is not None else checksum(path)
         if digest in done:
             summary.sources_skipped_unchanged += 1
+            if digest in earlier:
+                label, reason = earlier.pop(digest)
+                summary.quarantined += 1
+                summary.quarantine.append(QuarantineEntry(
+                    source=label if name_by_label else str(path), reason=f"still quarantined: {reason}"))
             continue
         done.add(digest)
         source = Source(path, name, digest, cohort.source_label(name, digest), data)
         try:
             handle(source)
         except IngestError as err:
-            quarantine(cohort, modality, summary, path, err, name=source.label if name_by_label else str(path))
+            quarantine(cohort, modality, summary, path, err, name=source.label if name_by_label else str(path),
+                       checksum=digest)
             cohort.mark_source(digest, modality, source.label, 0, 1)
         del source, data  # one file's bytes in memory at a time
 

@@ -52,6 +52,13 @@ class Embeddings:
         except ValueError:
             raise KeyError(f"unknown subject {subject_id!r}") from None
 
+    def subset(self, rows: list[int]) -> "Embeddings":
+        """The embeddings of the subjects at `rows`, in that order."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return Embeddings([self.subject_ids[i] for i in rows], self.fused[idx],
+                          {m: a[idx] for m, a in self.modalities.items()}, {m: a[idx] for m, a in self.present.items()},
+                          {k: v[idx] for k, v in self.labels.items()})
+
     def save(self, path: str | Path) -> None:
         """Write every array to one compressed .npz."""
         arrays = {"fused": self.fused, "subject_ids": np.array(self.subject_ids)}
@@ -105,13 +112,15 @@ class LoadedModel:
         """`patients` (clinical model) or `cells` (virtual-cell model)."""
         return self.config.data.kind
 
-    def datamodule(self, cohort: str | Path, modalities: list[str] | None = None):
-        """The cohort seen through this model's saved vocabularies (every subject, any split)."""
+    def datamodule(self, cohort: str | Path, modalities: list[str] | None = None, subjects: list[str] | None = None):
+        """The cohort seen through this model's saved vocabularies (every subject, any split; or only `subjects`,
+        patients models only)."""
         cfg = self.config.data
         if modalities is not None:
             cfg = cfg.model_copy(update={"modalities": modalities})
         dm = build_datamodule(cohort, cfg, self.folder / "artifacts")
-        dm.prepare(self.config.model.adapters, load_artifacts=True, inference=True)
+        extra = {"subjects": subjects} if subjects is not None else {}
+        dm.prepare(self.config.model.adapters, load_artifacts=True, inference=True, **extra)
         return dm
 
     @torch.no_grad()

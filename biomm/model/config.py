@@ -25,6 +25,17 @@ class BackboneConfig(StrictModel):
     resampler_depth: int = Field(2, ge=1)
     fusion_op: str = Field("concat", description="Fusion op of the late backbone (see biomm.fusion.ops.FUSION_OPS)")
     absent: Literal["mask", "token"] = Field("mask", description="Absent modality: masked out, or a learned absent token")
+    stream_op: str | None = Field(None, description="Middle / early: fusion op over the per-modality fused streams giving "
+                                  "the fused embedding; None: mean of the fused tokens (middle), the CLS output (early)")
+
+    @field_validator("fusion_op", "stream_op")
+    @classmethod
+    def _known_op(cls, value: str | None) -> str | None:
+        from biomm.fusion.ops import FUSION_OPS
+
+        if value is not None and value not in FUSION_OPS:
+            raise ValueError(f"unknown fusion op '{value}' (known: {', '.join(FUSION_OPS)})")
+        return value
 
 
 class ProjectorConfig(StrictModel):
@@ -51,6 +62,30 @@ class MaskedConfig(StrictModel):
     weight: float = Field(0.0, ge=0)
     ratio: float = Field(0.15, gt=0, lt=1)
     modalities: list[str] | None = Field(None, description="Default: every adapter that supports it")
+
+
+class FusedMaskedConfig(StrictModel):
+    """Config of cross-modal masked modelling on fused tokens (FLAVA): masked inputs predicted through the fusion stream."""
+
+    weight: float = Field(0.0, ge=0)
+    ratio: float = Field(0.15, gt=0, lt=1, description="Fraction masked (where `masked` also masks a modality, its draw is kept)")
+    modalities: list[str] | None = Field(None, description="Default: every adapter that supports masked modelling")
+
+
+class MatchingConfig(StrictModel):
+    """Config of the matching objective (ALBEF / BLIP): a binary head on the fused embedding, true pairs vs mined negatives."""
+
+    weight: float = Field(0.0, ge=0)
+    modalities: list[str] | None = Field(None, description="Modalities matched pairwise; default: all")
+    negatives: Literal["hard", "random"] = Field("hard", description="hard: drawn by softmax(similarity / temperature)")
+    temperature: float = Field(0.07, gt=0, description="Temperature of hard-negative mining on cosine similarities")
+
+
+class NextEventConfig(StrictModel):
+    """Config of next-event pretraining (CLMBR-style): predict the next day's codes from the timeline so far."""
+
+    weight: float = Field(0.0, ge=0)
+    max_positions: int = Field(256, ge=1, description="Most recent prediction points (days) per subject and step")
 
 
 class LanguageModelConfig(StrictModel):
@@ -86,6 +121,9 @@ class ObjectivesConfig(StrictModel):
     masked: MaskedConfig = MaskedConfig()
     autoregressive: AutoregressiveConfig = AutoregressiveConfig()
     supervised: SupervisedConfig = SupervisedConfig()
+    fused_masked: FusedMaskedConfig = FusedMaskedConfig()
+    matching: MatchingConfig = MatchingConfig()
+    next_event: NextEventConfig = NextEventConfig()
 
 
 def default_adapters() -> dict[str, AdapterConfig]:

@@ -19,9 +19,10 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     """The fusion backbone for `cfg.backbone.timing`: middle (Perceiver + gated cross-attention), early or late."""
     mods, b = list(cfg.adapters), cfg.backbone
     if b.timing == "middle":
-        return MiddleFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.num_latents, b.resampler_depth, b.absent)
+        return MiddleFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.num_latents, b.resampler_depth, b.absent,
+                            b.stream_op)
     if b.timing == "early":
-        return EarlyFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.absent)
+        return EarlyFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.absent, b.stream_op)
     return LateFusion(mods, cfg.d, b.fusion_op, b.absent)
 
 

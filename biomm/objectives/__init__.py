@@ -7,7 +7,9 @@ from torch import nn
 
 from biomm.objectives.autoregressive import Autoregressive, build_lm
 from biomm.objectives.contrastive import ContrastiveLoss
+from biomm.objectives.fusion import FusedMaskedModeling, Matching
 from biomm.objectives.masked import MaskedModeling
+from biomm.objectives.next_event import NextEvent
 from biomm.objectives.supervised import SupervisedBinary
 from biomm.types import Batch, Outputs
 
@@ -25,8 +27,9 @@ class WeightedObjectives(nn.Module):
 
     def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Input corruption the objectives need before the forward pass (masked modelling)."""
-        if "masked" in self.objectives:
-            return self.objectives["masked"].mask_batch(batch, generator)
+        for name in ("masked", "fused_masked"):  # one mask per modality: fused_masked keeps masked's draw
+            if name in self.objectives:
+                batch = self.objectives[name].mask_batch(batch, generator)
         return batch
 
     def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -61,6 +64,18 @@ def build_objectives(cfg, model) -> WeightedObjectives:
     if m.weight > 0:
         objs["masked"] = MaskedModeling(model.adapters, width, m.ratio, m.modalities)
         weights["masked"] = m.weight
+    fm = getattr(ocfg, "fused_masked", None)
+    if fm is not None and fm.weight > 0:
+        objs["fused_masked"] = FusedMaskedModeling(model.adapters, width, fm.ratio, fm.modalities, model.config.heads)
+        weights["fused_masked"] = fm.weight
+    mt = getattr(ocfg, "matching", None)
+    if mt is not None and mt.weight > 0:
+        objs["matching"] = Matching(model.backbone, width, mt.modalities, mt.negatives, mt.temperature)
+        weights["matching"] = mt.weight
+    ne = getattr(ocfg, "next_event", None)
+    if ne is not None and ne.weight > 0:
+        objs["next_event"] = NextEvent(model.adapters, width, ne.max_positions)
+        weights["next_event"] = ne.weight
     sup = ocfg.supervised
     if sup.weight > 0:
         if not sup.label:
@@ -75,4 +90,4 @@ def build_objectives(cfg, model) -> WeightedObjectives:
     return WeightedObjectives(objs, weights)
 
 
-__all__ = ["Autoregressive", "ContrastiveLoss", "MaskedModeling", "WeightedObjectives", "build_lm", "build_objectives"]
+__all__ = ["Autoregressive", "ContrastiveLoss", "FusedMaskedModeling", "MaskedModeling", "Matching", "NextEvent", "WeightedObjectives", "build_lm", "build_objectives"]

@@ -68,6 +68,9 @@ class MaskedModeling(nn.Module):
                 loss = F.cross_entropy(pred, target) if sel.any() else pred.sum() * 0.0
                 if sel.any():
                     metrics[f"{m}_acc"] = float((pred.argmax(-1) == target).float().mean())
+            elif "weight" in mlm[m]:  # a vector target of which only some entries count (e.g. hidden HVG values)
+                w = mlm[m]["weight"][sel].to(pred.dtype)
+                loss = (w * (pred - target.float()) ** 2).sum() / w.sum().clamp_min(1.0)
             else:
                 loss = F.mse_loss(pred, target.float()) if sel.any() else pred.sum() * 0.0
             metrics[m] = float(loss.detach())

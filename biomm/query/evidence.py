@@ -2,9 +2,11 @@
 subjects, each modality's occlusion attribution, and the labels of similar cells."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from biomm.data.ehr import EhrEvents
+from biomm.data.ehr import EhrEvents, day_to_iso
 from biomm.data.samples import Sample
 from biomm.heads.cells.annotation import label_prompts
 from biomm.heads.clinical import SampleEmbeddings, embed_batch
@@ -23,6 +25,94 @@ def event_evidence(events: EhrEvents | None, displays: dict[str, str], subject: 
         return []
     return [EventEvidence(code=e["code"], time=e["time"], value=e["value_z"], description=displays.get(e["code"]))
             for e in events.top_events(subject, before, k)]
+
+
+def event_attributions(loaded: LoadedModel, dm, subject: str, prediction_time: float, head,
+                       displays: dict[str, str], k: int) -> tuple[list[EventEvidence], list[float]] | None:
+    """The `k` events (at or before `prediction_time`) with the largest gradient x input attribution to the task
+    head's logit, highest first, and their attributions; None where the model reads no events or its EHR
+    encoder is frozen (no gradient: the caller falls back to the most recent events).
+
+    Attribution of event i: sum over its embedding's features of d(logit)/d(e_i) * e_i, where e_i is the event's
+    input vector (code + value + time). It reflects what the model and the head use, not recency."""
+    import torch
+
+    events = dm.events
+    adapter = loaded.model.adapters["ehr"] if "ehr" in loaded.model.adapters else None
+    if events is None or adapter is None or subject not in events or adapter.frozen:
+        return None
+    batch = dm.collate([Sample(subject, prediction_time)])
+    captured: dict[str, torch.Tensor] = {}
+    me = threading.get_ident()
+
+    def keep(module, inputs, output):  # the event vectors become a leaf whose gradient we read
+        if threading.get_ident() != me:  # the model is shared: another query's forward passes through untouched
+            return None
+        captured["e"] = output.detach().requires_grad_(True)
+        return captured["e"]
+
+    handle = adapter.encoder["embed"].register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            out = loaded.model(batch)
+            emb = out.fused if head.source == "fused" else out.pooled[head.source]
+            x = emb.float()
+            if head.source != "fused":
+                x = torch.cat([x * out.present[head.source][:, None], out.present[head.source][:, None].float()], 1)
+            logit = ((x - torch.as_tensor(head.mean, dtype=torch.float32)) / torch.as_tensor(head.scale, dtype=torch.float32)
+                     ) @ torch.as_tensor(head.coef, dtype=torch.float32) + head.intercept
+            grad, = torch.autograd.grad(logit.sum(), captured["e"], allow_unused=True)
+    finally:
+        handle.remove()
+    if grad is None:
+        return None
+    attr = (grad * captured["e"]).sum(-1)[0].detach().numpy()
+    idx, _ = events.context(subject, dm.sources["ehr"].max_events, prediction_time)
+    n = min(len(idx), len(attr))
+    idx, attr = idx[len(idx) - n:], attr[:n]
+    order = np.argsort(-attr, kind="stable")[:k]
+    evidence = []
+    for j in order:
+        i = int(idx[j])
+        code = str(events.codes_text[i])
+        evidence.append(EventEvidence(code=code, time=day_to_iso(float(events.times[i])),
+                                      value=float(events.values[i]) if events.value_mask[i] else None,
+                                      description=displays.get(code)))
+    return evidence, [round(float(attr[j]), 5) for j in order]
+
+
+FINDING_PREFIX = "SNOMED/"
+"""Codes of diagnoses and procedures (what two similar patients are said to share)."""
+
+
+def code_frequency(events: EhrEvents, prefix: str = FINDING_PREFIX) -> dict[str, int]:
+    """Subjects with each code of `prefix` (computed once per cohort state: one pass over the events)."""
+    codes = events.codes_text
+    pick = np.flatnonzero(np.char.startswith(codes.astype(str), prefix)) if len(codes) else np.zeros(0, int)
+    owner = np.zeros(len(codes), dtype=np.int64)
+    for i, (s, e) in enumerate(events.subjects.values()):
+        owner[s:e] = i
+    pairs = set(zip(owner[pick].tolist(), codes[pick].tolist()))
+    out: dict[str, int] = {}
+    for _, code in pairs:
+        out[code] = out.get(code, 0) + 1
+    return out
+
+
+def shared_findings(events: EhrEvents | None, displays: dict[str, str], frequency: dict[str, int], subject: str,
+                    others: list[str], k: int = 3, prefix: str = FINDING_PREFIX) -> dict[str, list[str]]:
+    """Per subject of `others`: the `k` diagnoses / procedures it shares with `subject`, the rarest in the
+    cohort (`frequency`: subjects per code) first, by description."""
+    if events is None or subject not in events:
+        return {}
+
+    def codes(sid: str) -> set[str]:
+        s, e = events.subjects[sid]
+        return {c for c in events.codes_text[s:e].tolist() if c.startswith(prefix)}
+
+    mine = codes(subject)
+    return {o: [displays.get(c, c) for c in sorted(mine & codes(o), key=lambda c: (frequency.get(c, 0), c))[:k]]
+            for o in others if o in events}
 
 
 def neighbour_evidence(index: VectorIndex, subject: str, k: int) -> list[Neighbor]:

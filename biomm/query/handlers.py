@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -14,12 +14,14 @@ from biomm.data.ehr import EhrEvents, day_to_iso
 from biomm.data.tasks import TaskDef, code_matcher
 from biomm.heads.clinical import LinearHead, SampleEmbeddings, head_path
 from biomm.model.bundle import Embeddings, LoadedModel
-from biomm.query.evidence import cell_labels, occlusion_attributions
+from biomm.query.evidence import (cell_labels, code_frequency, event_attributions, occlusion_attributions,
+                                  shared_findings)
 from biomm.query.index import VectorIndex
 from biomm.schema import EventEvidence, Evidence, Neighbor, QueryError, QueryKind, QueryRequest, QueryResponse
 
 if TYPE_CHECKING:
     from biomm.heads.cells.virtual_cell import VirtualCell
+    from biomm.heads.sequences import SequenceHeads
     from biomm.heads.qa.service import QAService
 
 
@@ -32,6 +34,8 @@ class EngineCaches:
     heads: dict[str, LinearHead] = field(default_factory=dict)  # task head path -> head
     qa: QAService | None = None
     virtual_cell: VirtualCell | None = None
+    sequence_heads: SequenceHeads | None = None  # a sequence model's heads, opened by the first annotate query
+    code_frequency: dict[str, int] | None = None  # subjects per diagnosis / procedure code (what neighbours share)
 
 
 class EngineState(Protocol):
@@ -43,6 +47,9 @@ class EngineState(Protocol):
     model_name: str
     n_neighbours: int
     events: EhrEvents | None
+    dm: Any
+    displays: dict[str, str]
+    n_events: int
     embeddings: Embeddings
     indexes: dict[str, VectorIndex]
     caches: EngineCaches
@@ -126,13 +133,19 @@ def answer_task(engine: EngineState, req: QueryRequest) -> QueryResponse:
     probs = head.predict(emb.features(head.source))  # row 0: everything; row i: modality i-1 left out
     p = float(probs[0])
     evidence.modalities = occlusion_attributions(engine.loaded.modalities, emb, probs)
+    ranked = event_attributions(engine.loaded, engine.dm, subject, pt, head, engine.displays, engine.n_events)
+    ranking = "most recent first"
+    extra = {}
+    if ranked is not None:
+        evidence.top_events, extra["event_attributions"] = ranked
+        ranking = "by gradient x input attribution to this prediction, highest first"
     when = day_to_iso(pt)
     return QueryResponse(
         **base, value=round(p, 4),
         answer=f"{task.description.strip().split('.')[0]}: probability {p:.1%} (as of {when[:10]})",
         details={"task": task.name, "prediction_time": when, "head": head.source,
                  "prediction_time_rule": f"the latest of {', '.join(task.prediction_time.anchor_codes)} "
-                                         "before the outcome"})
+                                         "before the outcome", "evidence_ranking": ranking, **extra})
 
 
 def answer_similar(engine: EngineState, req: QueryRequest) -> QueryResponse:
@@ -145,8 +158,13 @@ def answer_similar(engine: EngineState, req: QueryRequest) -> QueryResponse:
         raise QueryError(f"subject {subject} has no {source} data to search by")
     neighbours = engine.neighbours(subject, req.k, source)
     labels = cell_labels(engine.loaded, engine.embeddings, [n.subject_id for n in neighbours])
+    if engine.events is not None and engine.caches.code_frequency is None:
+        engine.caches.code_frequency = code_frequency(engine.events)
+    shared = shared_findings(engine.events, engine.displays, engine.caches.code_frequency or {}, subject,
+                             [n.subject_id for n in neighbours])
     for n in neighbours:
         n.label = labels.get(n.subject_id)
+        n.shared = shared.get(n.subject_id, [])
     return QueryResponse(kind="similar", subject_id=subject, model=engine.model_name, value=None,
                          answer=f"{len(neighbours)} most similar subjects by {source} embedding",
                          details={"by": source, "k": req.k}, evidence=Evidence(similar_subjects=neighbours))
@@ -170,7 +188,17 @@ def answer_ask(engine: EngineState, req: QueryRequest) -> QueryResponse:
 
 
 def answer_annotate(engine: EngineState, req: QueryRequest) -> QueryResponse:
-    """kind=annotate: cell types of the cohort's cells (or of `req.cells`) by the virtual cell."""
+    """kind=annotate: cell types of the cohort's cells (or of `req.cells`) by the virtual cell; for a sequence
+    model, the labels of the cohort's sequences (or of the FASTA `req.sequences`)."""
+    if engine.loaded.kind == "sequences":
+        if engine.caches.sequence_heads is None:
+            from biomm.heads.sequences import SequenceHeads
+
+            engine.caches.sequence_heads = SequenceHeads(engine.loaded, engine.cohort, engine.embeddings)
+        return engine.caches.sequence_heads.answer(req)
+    if req.sequences:
+        raise QueryError(f"this model ({engine.model_name}) is a {engine.loaded.kind} model; annotating sequences "
+                         "needs a sequence model")
     engine.require_kind("cells")
     return engine.virtual_cell().answer(QueryRequest(kind="annotate", cells=req.cells, max_cells=req.max_cells))
 

@@ -29,6 +29,10 @@ class SubjectRow(BaseModel):
     subject_id: str
     kind: str | None = None
     modalities: list[str] = Field(default_factory=list)
+    sex: str | None = None
+    age_band: str | None = Field(None, description="Decade of age at the last event (dates are shifted)")
+    encounters: int | None = None
+    last_visit: str | None = Field(None, description="Date of the last encounter (shifted)")
 
 
 class SubjectList(BaseModel):
@@ -72,6 +76,9 @@ class Event(BaseModel):
     value: float | None = None
     text: str | None = None
     unit: str | None = None
+    description: str | None = Field(None, description="The code's display text, when the cohort knows it")
+    kind: str | None = Field(None, description="encounters | conditions (and procedures) | medications | labs | "
+                                               "images | demographics")
 
 
 class Note(BaseModel):

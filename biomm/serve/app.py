@@ -49,7 +49,7 @@ SECURITY_HEADERS = [
 
 class SecurityHeaders:
     """Headers on every response: nothing loads from another origin, nothing is framed or sniffed, and
-    API answers (patient data) are not cached by the browser."""
+    API answers and images (patient data) are not cached by the browser."""
 
     def __init__(self, app):
         self.app = app
@@ -57,7 +57,7 @@ class SecurityHeaders:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cacheable = scope["path"].startswith(("/static/", "/images/")) or scope["path"] == "/"
+        cacheable = scope["path"].startswith("/static/") or scope["path"] == "/"  # images are patient data
 
         async def with_headers(message):
             if message["type"] == "http.response.start":
@@ -70,12 +70,39 @@ class SecurityHeaders:
         return await self.app(scope, receive, with_headers)
 
 
+class AccessLog:
+    """One `biomm.serve` log line per request: method, path, status and milliseconds. Never the query
+    string (searches and questions may name a patient) nor headers (tokens); replaces uvicorn's access log."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import time
+
+        t0, status = time.perf_counter(), [500]
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            return await self.app(scope, receive, record)
+        finally:
+            log.info("%s %s %d %.1f ms", scope.get("method", "-"), scope["path"], status[0],
+                     (time.perf_counter() - t0) * 1000)
+
+
 def build_app(config: ServeConfig | None = None) -> FastAPI:
     """The routes, limits, handlers and page, without a model or a cohort (enough for the OpenAPI spec)."""
     from biomm.serve.routes import router
 
     config = config or ServeConfig()
-    app = FastAPI(title="biomm", version=VERSION, docs_url="/docs", redoc_url=None,
+    # no /docs: Swagger UI loads from a CDN that the page's CSP blocks; the spec is /openapi.json
+    app = FastAPI(title="biomm", version=VERSION, docs_url=None, redoc_url=None,
                   description="Query a biomm model over a cohort; ingest FHIR and DICOM. "
                               "Every route but /health and the page needs `Authorization: Bearer <token>`.")
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -89,6 +116,7 @@ def build_app(config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit_for=lambda path: config.max_ingest_bytes if path == "/ingest"
                        else config.max_query_bytes)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(AccessLog)
     return app
 
 

@@ -139,7 +139,8 @@ def ingest_uploads(state: ServeState, uploads: list[bytes]) -> IngestReport:
                 _swap(state, live, copy, work / "previous")
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-    wrote = report["records_written"] or report["items_written"] or report["sources_skipped_unchanged"]
+    still = sum(q.reason.startswith("still quarantined") for q in report["quarantine"])  # skipped, but bad
+    wrote = report["records_written"] or report["items_written"] or report["sources_skipped_unchanged"] - still
     status = "ingested" if not report["quarantined"] else ("partial" if wrote else "quarantined")
     out = IngestReport(status=status, files={k: len(v) for k, v in files.items() if v}, new_subjects=new,
                        seconds=round(time.perf_counter() - t0, 3), **report)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -89,7 +89,7 @@ def subjects(request: Request, q: Annotated[str | None, Query(max_length=64, des
              limit: Annotated[int, Query(ge=1, le=1000)] = 200, offset: Annotated[int, Query(ge=0, le=10**9)] = 0):
     """The cohort's subjects (paged, optionally filtered by part of the id) with their modalities."""
     with _state(request).reader() as con:
-        return cohort_view.list_subjects(con, q, limit, offset)
+        return cohort_view.list_subjects(con, q, limit, offset, _state(request).cohort_dir)
 
 
 @router.get("/subjects/{subject_id}", response_model=SubjectDetail, tags=["cohort"],
@@ -108,12 +108,16 @@ def subject(request: Request, subject_id: SubjectId):
             responses={**AUTH_RESPONSES, 404: {"description": "Unknown subject"}}, dependencies=[Reader])
 def subject_timeline(request: Request, subject_id: SubjectId,
                      limit: Annotated[int, Query(ge=1, le=5000)] = 500, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-                     code: Annotated[str | None, Query(max_length=64, description="Code prefix, e.g. LOINC/")] = None):
+                     code: Annotated[str | None, Query(max_length=64, description="Code prefix, e.g. LOINC/")] = None,
+                     kind: Annotated[Literal["encounters", "conditions", "medications", "labs", "images", "demographics"]
+                                     | None, Query(description="Only events of this kind")] = None,
+                     order: Annotated[Literal["asc", "desc"], Query(description="asc: oldest first; desc: newest first")] = "asc"):
     """The subject's events in time order (paged), event times per code system, and its (scrubbed) notes."""
     state = _state(request)
     with state.reader() as con:
         try:
-            return cohort_view.timeline(con, state.cohort_dir, subject_id, limit, offset, code)
+            return cohort_view.timeline(con, state.cohort_dir, subject_id, limit, offset, code, kind,
+                                        newest_first=order == "desc")
         except cohort_view.NotFound as exc:
             raise _not_found(exc) from None
 
@@ -155,7 +159,7 @@ def image_png(request: Request, record_id: Annotated[str, PathParam(pattern=ID_P
         png = render_png(image, prov, preset, slice)
     except ValueError as exc:
         raise HTTPException(422, detail=str(exc)) from None
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    return Response(png, media_type="image/png")  # `cache-control: no-store` (SecurityHeaders): patient data
 
 
 INGEST_BODY = {"requestBody": {"required": True, "content": {

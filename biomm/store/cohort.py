@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +35,39 @@ from biomm.store.errors import CohortError
 
 MANIFEST = "cohort.duckdb"
 SCHEMA_VERSION = "2"
+LOCK_TIMEOUT_ENV = "BIOMM_LOCK_TIMEOUT"  # seconds to wait for another process's manifest lock (default 60)
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+
+def _lock_timeout(value: float | None) -> float:
+    if value is not None:
+        return value
+    raw = os.environ.get(LOCK_TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_LOCK_TIMEOUT
+    except ValueError:
+        raise CohortError(f"{LOCK_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+
+
+def connect_manifest(manifest: Path, read_only: bool, timeout: float | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to `manifest`; while another process holds its lock (a concurrent ingest), wait
+    up to `timeout` seconds (default: $BIOMM_LOCK_TIMEOUT or 60), then CohortError in one line."""
+    deadline = time.monotonic() + _lock_timeout(timeout)
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(manifest), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise CohortError(f"cannot open cohort manifest {manifest}: {str(exc).splitlines()[0]}") from None
+            if time.monotonic() >= deadline:
+                pid = re.search(r"PID (\d+)", str(exc))
+                holder = f" (process {pid.group(1)})" if pid else ""
+                raise CohortError(f"cohort {manifest.parent} is in use by another process{holder}; waited "
+                                  f"{_lock_timeout(timeout):g} s for its lock (set {LOCK_TIMEOUT_ENV} to wait longer)"
+                                  ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 _DDL = [  # the core tables; each modality's own tables come from its spec (biomm.modalities)
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
@@ -80,7 +116,10 @@ class Record:
 
 
 class Cohort:
-    """Open (or create) a cohort folder. Use as a context manager or call `close()`."""
+    """Open (or create) a cohort folder. Use as a context manager or call `close()`.
+
+    While another process holds the manifest (a concurrent ingest), opening waits up to `lock_timeout`
+    seconds ($BIOMM_LOCK_TIMEOUT, default 60) and then raises CohortError."""
 
     _lock = threading.RLock()
 
@@ -93,14 +132,17 @@ class Cohort:
         deid_key: str | None = None,
         max_shift_days: int = 365,
         read_only: bool = False,
+        lock_timeout: float | None = None,
     ) -> None:
         self.root = Path(root)
         manifest = self.root / MANIFEST
+        if self.root.exists() and not self.root.is_dir():
+            raise CohortError(f"cohort {self.root} is a file; a cohort is a folder")
         if not manifest.exists():
             if not create or read_only:
                 raise CohortError(f"no cohort at {self.root} (missing {MANIFEST})")
             self.root.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(manifest), read_only=read_only)
+        self.con = connect_manifest(manifest, read_only, lock_timeout)
         meta = self._read_meta()
         if not read_only and meta.get("schema_version") != SCHEMA_VERSION:
             with self.transaction():  # new cohort, or one from an older biomm: create what is missing
@@ -308,6 +350,11 @@ class Cohort:
         return {r[0] for r in self.con.execute(
             "SELECT DISTINCT subject_id FROM records WHERE modality IN (SELECT unnest(?))", [list(modalities)]).fetchall()}
 
+    def subjects_changed_since(self, since: datetime) -> set[str]:
+        """Subjects with a record written after `since` (UTC, the manifest's clock: `utc_now()`)."""
+        return {r[0] for r in self.con.execute(
+            "SELECT DISTINCT subject_id FROM records WHERE created_at > ?", [since]).fetchall()}
+
     def split_subjects(self, split: str) -> list[str]:
         """Subject ids of one split (`train`, `val`, `test`), sorted."""
         return [r[0] for r in self.con.execute(
@@ -363,8 +410,10 @@ class Cohort:
         record: str | None = None,
         field: str | None = None,
         payload: bytes | None = None,
+        source_checksum: str | None = None,
     ) -> str:
         """Keep bad input: a raw copy (the whole file, or `payload` for one bad record) plus reason.json.
+        `source_checksum` (the file's sha256, hashed here when not given) names it in the manifest.
 
         Idempotent: the same bad input with the same reason maps to the same quarantine entry."""
         source_path = Path(source_path)
@@ -377,7 +426,9 @@ class Cohort:
         folder.chmod(0o700)  # raw input may hold identified data: only the owner reads it
         # file names often carry patient names or ids: under de-identification the manifest and the
         # stored copy are named by checksum; the raw bytes stay only inside this owner-only folder
-        label = self.source_label(source_path, sha256_file(source_path) if source_path.is_file() else digest)
+        if source_checksum is None:
+            source_checksum = sha256_file(source_path) if source_path.is_file() else digest
+        label = self.source_label(source_path, source_checksum)
         name = "input" + "".join(source_path.suffixes[-2:]) if self.deid.enabled else source_path.name
         stored = folder / (name if record is None else f"{name}.record.json")
         info = {
@@ -397,6 +448,15 @@ class Cohort:
         """How many quarantine entries the cohort holds (of one `modality`)."""
         sql = "SELECT count(*) FROM quarantine" + (" WHERE modality = ?" if modality else "")
         return self.con.execute(sql, [modality] if modality else []).fetchall()[0][0]
+
+    def quarantined_sources(self, modality: str) -> dict[str, tuple[str, str]]:
+        """Sources of `modality` that an earlier run quarantined (whole or in part): checksum -> (store
+        label, the first reason recorded for it)."""
+        rows = self.con.execute(
+            "SELECT s.source_checksum, s.source_path, min(q.reason) FROM sources s JOIN quarantine q "
+            "ON q.source_path = s.source_path AND q.modality = s.modality "
+            "WHERE s.modality = ? AND s.n_quarantined > 0 GROUP BY 1, 2", [modality]).fetchall()
+        return {checksum: (label, reason) for checksum, label, reason in rows}
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Every quarantine entry as a dict, oldest first."""

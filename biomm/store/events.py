@@ -61,14 +61,16 @@ def code_statistics(root: str | Path, subjects: Sequence[str] | None = None,
             f"{where} GROUP BY code HAVING count(*) >= ? ORDER BY n DESC, code", [min_count]).fetchall()
 
 
-def read_notes(root: str | Path, subjects: Sequence[str] | None = None) -> list[tuple[str, Any, str]]:
-    """(subject_id, time, text) of every note of `subjects` (default: all), by subject and time."""
+def read_notes(root: str | Path, subjects: Sequence[str] | None = None, kinds: bool = False) -> list[tuple]:
+    """(subject_id, time, text) of every note of `subjects` (default: all), by subject and time; with
+    `kinds`, (subject_id, time, text, kind)."""
     shards = notes_shards(root)
     if not shards:
         return []
     with duckdb.connect() as con:
         where = _subject_filter(con, subjects)
-        return con.execute(f"SELECT subject_id, time, text FROM read_parquet({shards!r}) {where} "
+        kind = ", kind" if kinds else ""
+        return con.execute(f"SELECT subject_id, time, text{kind} FROM read_parquet({shards!r}) {where} "
                            "ORDER BY subject_id, time NULLS FIRST").fetchall()
 
 

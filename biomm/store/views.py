@@ -25,22 +25,60 @@ def _rows(cur) -> list[dict[str, Any]]:
     return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
+def like_literal(text: str) -> str:
+    """`text` for a LIKE pattern with ESCAPE '\\': its `%`, `_` and `\\` match themselves, not any text."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def subject_count(con) -> int:
     """How many subjects the cohort holds."""
     return con.execute("SELECT count(*) FROM subjects").fetchone()[0]
 
 
-def list_subjects(con, q: str | None, limit: int, offset: int) -> dict[str, Any]:
-    """A page of subjects (optionally those whose id contains `q`) with their modalities."""
+def age_band(birth, at) -> str | None:
+    """A decade band ("40-49") of the age at `at` for a birth time (both datetimes; None when unknown)."""
+    if birth is None or at is None:
+        return None
+    years = int((at - birth).days // 365.25)
+    return "90+" if years >= 90 else f"{years // 10 * 10}-{years // 10 * 10 + 9}"
+
+
+def _subject_facts(con, root: Path, subject_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Sex, age band (at the last event, or death), encounters and the last visit of each subject with EHR events."""
+    if not subject_ids:
+        return {}
+    shards = [str(root / r[0]) for r in con.execute(
+        "SELECT DISTINCT path FROM records WHERE modality = 'ehr' AND list_contains(?, subject_id) ORDER BY path",
+        [subject_ids]).fetchall()]
+    if not shards:
+        return {}
+    rows = con.execute(f"""
+        SELECT subject_id, max(time) FILTER (WHERE code = 'MEDS_BIRTH') AS birth,
+               max(split_part(code, '/', 2)) FILTER (WHERE code LIKE 'GENDER/%') AS sex,
+               count(*) FILTER (WHERE ({EVENT_KIND_SQL}) = 'encounters') AS encounters,
+               max(time) FILTER (WHERE ({EVENT_KIND_SQL}) = 'encounters') AS last_visit,
+               coalesce(max(time) FILTER (WHERE code = 'MEDS_DEATH'), max(time)) AS last_event
+        FROM read_parquet(?) WHERE list_contains(?, subject_id) GROUP BY 1""", [shards, subject_ids]).fetchall()
+    return {sid: {"sex": sex, "age_band": age_band(birth, last), "encounters": int(n or 0),
+                  "last_visit": _iso(visit)[:10] if visit else None}
+            for sid, birth, sex, n, visit, last in rows}
+
+
+def list_subjects(con, q: str | None, limit: int, offset: int, root: Path | None = None) -> dict[str, Any]:
+    """A page of subjects (optionally those whose id contains `q`) with their modalities, and with `root`
+    (the cohort folder) each one's sex, age band, number of encounters and last visit."""
     where, args = "", []
     if q:
-        where, args = "WHERE s.subject_id ILIKE ?", [f"%{q}%"]
+        where, args = "WHERE s.subject_id ILIKE ? ESCAPE '\\'", [f"%{like_literal(q)}%"]
     total = con.execute(f"SELECT count(*) FROM subjects s {where}", args).fetchone()[0]
     cur = con.execute(
         f"""SELECT s.subject_id, s.kind, list(DISTINCT r.modality ORDER BY r.modality) AS modalities
             FROM subjects s LEFT JOIN records r USING (subject_id) {where}
             GROUP BY s.subject_id, s.kind ORDER BY s.subject_id LIMIT ? OFFSET ?""", args + [limit, offset])
     subjects = [{**r, "modalities": [m for m in (r["modalities"] or []) if m]} for r in _rows(cur)]
+    if root is not None:
+        facts = _subject_facts(con, root, [r["subject_id"] for r in subjects])
+        subjects = [{**r, **facts.get(r["subject_id"], {})} for r in subjects]
     return {"total": total, "subjects": subjects}
 
 
@@ -76,20 +114,42 @@ def _iso(t) -> str | None:
     return None if t is None else t.isoformat()
 
 
-def timeline(con, root: Path, subject_id: str, limit: int, offset: int, code: str | None) -> dict[str, Any]:
-    """Events in time order (paged, optionally filtered by a code prefix) and the subject's notes."""
+ENCOUNTER_CLASSES = ("AMB", "IMP", "EMER", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR", "HH", "FLD")
+# kind of an event from its code system (and, for SNOMED encounters, the encounter class in text_value);
+# Condition and Procedure events are both SNOMED codes without values, so they share one kind
+EVENT_KIND_SQL = f"""CASE
+    WHEN code LIKE 'LOINC/%' THEN 'labs'
+    WHEN code LIKE 'RXNORM/%' OR code LIKE 'CVX/%' THEN 'medications'
+    WHEN code LIKE 'DCM/%' THEN 'images'
+    WHEN code LIKE 'ENCOUNTER/%' OR text_value IN ({", ".join(f"'{c}'" for c in ENCOUNTER_CLASSES)}) THEN 'encounters'
+    WHEN code IN ('MEDS_BIRTH', 'MEDS_DEATH') OR code LIKE 'GENDER/%' OR code LIKE 'RACE/%' OR code LIKE 'ETHNICITY/%'
+        THEN 'demographics'
+    ELSE 'conditions' END"""
+EVENT_KINDS = ("encounters", "conditions", "medications", "labs", "images", "demographics")
+
+
+def timeline(con, root: Path, subject_id: str, limit: int, offset: int, code: str | None,
+             kind: str | None = None, newest_first: bool = False) -> dict[str, Any]:
+    """Events in time order (oldest first, or `newest_first`; paged; optionally filtered by a code prefix and an
+    event kind of EVENT_KINDS) with each code's description and kind, and the subject's notes."""
     subject_detail(con, root, subject_id)
     out: dict[str, Any] = {"subject_id": subject_id, "total": 0, "events": [], "notes": [], "by_system": {}}
     shards = [str(root / p) for p in _shards(con, subject_id, "ehr")]
     if shards:
         where, args = "subject_id = ?", [shards, subject_id]
         if code:
-            where += " AND code ILIKE ?"
-            args.append(f"{code}%")
+            where += " AND code ILIKE ? ESCAPE '\\'"
+            args.append(f"{like_literal(code)}%")
+        if kind:
+            where += f" AND ({EVENT_KIND_SQL}) = ?"
+            args.append(kind)
         out["total"] = con.execute(f"SELECT count(*) FROM read_parquet(?) WHERE {where}", args).fetchone()[0]
+        order = "DESC" if newest_first else "ASC"
         cur = con.execute(
-            f"""SELECT time, code, numeric_value AS value, text_value AS text, unit FROM read_parquet(?)
-                WHERE {where} ORDER BY time, code LIMIT ? OFFSET ?""", args + [limit, offset])
+            f"""SELECT e.time, e.code, e.value, e.text, e.unit, e.kind, c.display AS description FROM (
+                    SELECT time, code, numeric_value AS value, text_value AS text, unit, {EVENT_KIND_SQL} AS kind
+                    FROM read_parquet(?) WHERE {where}) e LEFT JOIN codes c ON c.code = e.code
+                ORDER BY e.time {order} NULLS LAST, e.code LIMIT ? OFFSET ?""", args + [limit, offset])
         out["events"] = [{**r, "time": _iso(r["time"])} for r in _rows(cur)]
         out["by_system"] = {s: {"count": n, "times": [_iso(t) for t in ts]} for s, n, ts in con.execute(
             """SELECT split_part(code, '/', 1), count(*), list(DISTINCT time ORDER BY time)[1:400]
@@ -97,8 +157,8 @@ def timeline(con, root: Path, subject_id: str, limit: int, offset: int, code: st
             [shards, subject_id]).fetchall()}
     notes = [str(root / p) for p in _shards(con, subject_id, "text")]
     if notes:
-        cur = con.execute("SELECT time, kind, text FROM read_parquet(?) WHERE subject_id = ? ORDER BY time",
-                          [notes, subject_id])
+        cur = con.execute(f"SELECT time, kind, text FROM read_parquet(?) WHERE subject_id = ? "
+                          f"ORDER BY time {'DESC' if newest_first else 'ASC'}", [notes, subject_id])
         out["notes"] = [{**r, "time": _iso(r["time"]), "text": (r["text"] or "")[:NOTE_CHARS]} for r in _rows(cur)]
     return out
 

@@ -88,15 +88,16 @@ def resolve_model_file(data: dict[str, Any], config_path: Path | None) -> dict[s
 
 def load_train_config(source: str | Path | dict, overrides: list[str] | None = None) -> TrainConfig:
     """YAML path or dict -> TrainConfig, with `model_file` merged and `--set` overrides applied."""
-    from biomm.config import load_config
+    from biomm.config import load_config, read_yaml
 
+    text = None
     if isinstance(source, dict):
         data, path = source, None
     else:
         path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data, text = read_yaml(path)
+        data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {source} must be a mapping")
-    return load_config(TrainConfig, resolve_model_file(data, path), overrides)
+    return load_config(TrainConfig, resolve_model_file(data, path), overrides,
+                       name=str(path) if path else None, text=text)

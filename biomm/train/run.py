@@ -95,9 +95,30 @@ def code_version() -> str:
         return "unknown"
 
 
+def without_absent_modalities(cfg: TrainConfig, cohort: str | Path) -> TrainConfig:
+    """`cfg` fed only the modalities the cohort has (patients): an absent one is dropped with one warning line
+    (its adapter with it); `data.modalities` keeps what is trained on, so the run records it. No modality: error."""
+    if cfg.data.kind != "patients":
+        return cfg
+    from biomm.store.cohort import Cohort
+
+    with Cohort(cohort, create=False, read_only=True) as c:
+        have = c.modality_counts()
+    absent = [m for m in cfg.data.modalities if m not in have]
+    if not absent:
+        return cfg
+    kept = [m for m in cfg.data.modalities if m in have]
+    if not kept:
+        raise ConfigError(f"cohort {cohort} has none of the modalities {', '.join(cfg.data.modalities)} (data.modalities)")
+    console.print(f"[yellow]warning[/]: cohort {cohort} has no {', '.join(absent)} data: training on "
+                  f"{', '.join(kept)} without the {', '.join(absent)} adapter", soft_wrap=True)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": kept})})
+
+
 def prepare_run(cfg: TrainConfig, cohort: str | Path, out: str | Path, load_artifacts: bool = False):
     """Data first (fails before any training on a bad config, modality or split), then the model sized by the data."""
     out = Path(out)
+    cfg = without_absent_modalities(cfg, cohort)
     dm = build_datamodule(cohort, cfg.data, out / ARTIFACTS)
     dm.prepare(cfg.model.adapters, load_artifacts=load_artifacts)
     model_cfg = cfg.model.model_copy(deep=True)
@@ -128,7 +149,8 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     dm, model_cfg = prepare_run(cfg, cohort, out, load_artifacts=resume)
     out.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.model_copy(update={"model": model_cfg})
+    resolved = cfg.model_copy(update={"model": model_cfg, "data": dm.cfg})
+    dropped = [m for m in cfg.data.modalities if m not in dm.cfg.modalities]
     (out / "train_config.json").write_text(resolved.model_dump_json(indent=2))
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(model_cfg)
@@ -137,7 +159,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_cfg.d)
     run_info = {"cohort": str(Path(cohort).resolve()), "code_version": code_version(), "precision": precision,
                 "precision_reason": why, "torch": torch.__version__, "lightning": L.__version__,
-                "python": platform.python_version(), "resumed": resume,
+                "python": platform.python_version(), "resumed": resume, "dropped_modalities": dropped,
                 "train_subjects": len(getattr(dm, "samples", {}).get("train", [])) or len(getattr(dm, "rows", {}).get("train", [])),
                 "val_subjects": len(getattr(dm, "samples", {}).get("val", [])) or len(getattr(dm, "rows", {}).get("val", []))}
     (out / "run.json").write_text(json.dumps(run_info, indent=2))

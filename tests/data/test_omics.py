@@ -79,3 +79,21 @@ def test_dataloader_with_workers_and_drop_last(h5ad_path):
 def test_missing_label_column_is_a_clear_error(h5ad_path):
     with pytest.raises(KeyError, match="no column"):
         CellChunkDataset(h5ad_path, OmicsLoaderConfig(label_keys=["nope"]))
+
+
+def test_tokens_cover_every_expressed_hvg_and_are_trimmed(h5ad_path):
+    a = ad.read_h5ad(h5ad_path)
+    hvg = a.var["highly_variable"].to_numpy() & (a.var["vocab_id"].to_numpy() > 4)  # HVGs with a gene token
+    cfg = OmicsLoaderConfig(**{**CFG, "shuffle": False, "tokens_hvg_only": True, "trim_tokens": True,
+                               "tokens": {"top_k": 4096, "value_mode": "continuous"}})
+    b = next(iter(CellChunkDataset(h5ad_path, cfg)))
+    x = a.X[:64][:, hvg].toarray()
+    n_expr = (x > 0).sum(1)
+    assert torch.equal(b["mask"].sum(1) - 1, torch.from_numpy(n_expr))  # every expressed mapped HVG, plus <cls>
+    assert b["genes"].shape[1] == n_expr.max() + 1  # trimmed to the longest cell, not to top_k
+    hv_ids = set(a.var["vocab_id"].to_numpy()[hvg].tolist())
+    assert set(b["genes"][b["mask"]][b["genes"][b["mask"]] > 4].tolist()) <= hv_ids
+    # values are the cells' expression (continuous), matched gene by gene
+    row0 = dict(zip(a.var["vocab_id"].to_numpy()[hvg].tolist(), x[0].tolist()))
+    for g, v in zip(b["genes"][0, 1:][b["mask"][0, 1:]].tolist(), b["values"][0, 1:][b["mask"][0, 1:]].tolist()):
+        assert abs(row0[g] - v) < 1e-5

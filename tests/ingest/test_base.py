@@ -46,7 +46,9 @@ def test_loop_quarantines_a_bad_source_goes_on_and_is_idempotent(tmp_path):
     assert [q["reason"] for q in quarantined] == ["bad on purpose"]
     again: list[str] = []
     s2, quarantined2 = _run(tmp_path / "cohort", files, again)
-    assert again == [] and s2.sources_skipped_unchanged == s2.sources_seen == 4 and s2.quarantined == 0
+    assert again == [] and s2.sources_skipped_unchanged == s2.sources_seen == 4
+    # reported again as still quarantined (issue 18), but not stored twice
+    assert s2.quarantined == 1 and s2.quarantine[0].reason == "still quarantined: bad on purpose"
     assert len(quarantined2) == 1  # the bad source was marked done: not quarantined twice
 
 
@@ -94,7 +96,8 @@ def test_readers_share_the_loop(tmp_path, reader, sources, config, reason):
     assert reason in s.quarantine[0].reason
     again = reader(files, tmp_path / "cohort", config, progress=False)
     assert again.sources_skipped_unchanged == again.sources_seen == 3
-    assert again.records_written == 0 and again.quarantined == 0
+    assert again.records_written == 0 and again.quarantined == 1  # still quarantined, reported again (issue 18)
+    assert again.quarantine[0].reason.startswith("still quarantined: ") and again.exit_code == 3
     with Cohort(tmp_path / "cohort") as c:
         assert len(c.quarantined()) == 1 and len(c.records()) == 2
 

@@ -9,7 +9,6 @@ import torch
 
 from biomm.config import load_config
 from biomm.model.factory import build_model, load_model
-from biomm.model.module import BiommModel
 from biomm.model.config import ModelConfig
 from biomm.objectives import build_objectives
 from biomm.types import Batch, ModalityInput

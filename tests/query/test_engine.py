@@ -18,7 +18,9 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def evaluated(clinical_model, query_cohort):
-    report, path = run_eval(clinical_model, query_cohort, None, ["death_1y", "heart_failure_onset_3y"], [])
+    from biomm.eval.clinical import QUICK
+
+    report, path = run_eval(clinical_model, query_cohort, None, ["death_1y", "heart_failure_onset_3y"], [], QUICK)
     return report, path
 
 
@@ -30,18 +32,46 @@ def engine(evaluated, clinical_model, query_cohort):
 def test_eval_reports_biomm_against_baselines(evaluated):
     report, path = evaluated
     r = report["tasks"]["death_1y"]
-    assert r["train"]["positives"] > 0 and r["test"]["samples"] > 0
-    metrics = r["metrics"]
-    assert {"biomm_fused", "biomm_ehr", "bag_of_codes_lr"} <= set(metrics)
-    for m in metrics.values():
-        assert m["n"] == r["test"]["samples"]
-        assert m["auroc"] is None or 0 <= m["auroc"] <= 1
+    assert r["samples"]["positives"] > 0 and r["protocol"]["repeats"] == 1
+    rows = r["rows"]
+    assert {"biomm_fused", "biomm_ehr", "bag_of_codes_lr", "count_gbm", "hybrid"} <= set(rows)
+    for m in rows.values():
+        f = m["full"]
+        assert 0 <= f["auroc"] <= 1 and f["auroc_low"] <= f["auroc"] <= f["auroc_high"]
+        assert set(m["few_shot"]) <= {"1", "4", "16"}
     folder = path.parent
-    assert (folder / r["plots"]["roc"]).stat().st_size > 1000
-    assert (folder / r["plots"]["calibration"]).exists() and (folder / "umap.png").exists()
+    assert (folder / r["plots"]["few_shot"]).stat().st_size > 1000
+    assert (folder / "few_shot_mean.png").exists() and (folder / "umap.png").exists()
     saved = json.loads((folder / "metrics.json").read_text())
-    assert saved["tasks"]["death_1y"]["metrics"]["bag_of_codes_lr"]["n"] == metrics["bag_of_codes_lr"]["n"]
-    assert "| bag_of_codes_lr |" in path.read_text()
+    assert saved["summary"]["rows"]["bag_of_codes_lr"]["full"]["auroc"] is not None
+    assert "targets" in saved["summary"]
+    text = path.read_text()
+    assert "| bag_of_codes_lr |" in text and "| count_gbm |" in text and "Mean over tasks" in text
+
+
+def test_events_after_the_prediction_time_never_reach_the_model(engine):
+    """Plant other events after the prediction time: the fused embedding does not change."""
+    from biomm.data.samples import Sample
+    from biomm.heads.clinical import embed_samples
+
+    subject = engine.richest_subject()
+    events = engine.dm.events
+    s, e = events.subjects[subject]
+    pt = float(events.times[(s + e) // 2])
+    before = embed_samples(engine.loaded.model, engine.dm.collate, [Sample(subject, pt)]).fused
+    a, b = events.span(subject, pt)
+    saved = events.codes[b:e].copy(), events.values[b:e].copy(), events.value_bins[b:e].copy()
+    try:
+        events.codes[b:e] = 5
+        events.values[b:e] = 42.0
+        events.value_bins[b:e] = 1
+        after = embed_samples(engine.loaded.model, engine.dm.collate, [Sample(subject, pt)]).fused
+        changed = embed_samples(engine.loaded.model, engine.dm.collate, [Sample(subject, float(events.times[e - 1]))]).fused
+    finally:
+        events.codes[b:e], events.values[b:e], events.value_bins[b:e] = saved
+    assert b < e
+    np.testing.assert_array_equal(after, before)
+    assert not np.allclose(changed, before)  # the planted events do reach a later prediction time
 
 
 def test_task_query_has_probability_and_evidence(engine):
@@ -58,7 +88,10 @@ def test_task_query_has_probability_and_evidence(engine):
     assert all(e.time <= pt for e in ev.top_events)
     # the prediction time comes from the task (a wellness visit), never the outcome itself
     assert all(e.code != "MEDS_DEATH" for e in ev.top_events)
-    assert any(e.code == "SNOMED/185349003" and e.time == pt for e in ev.top_events)
+    # events ranked by their gradient x input attribution to this prediction, not by recency
+    assert resp.details["evidence_ranking"].startswith("by gradient x input")
+    attr = resp.details["event_attributions"]
+    assert len(attr) == len(ev.top_events) and attr == sorted(attr, reverse=True)
     QueryResponse.model_validate_json(resp.model_dump_json())
 
 
@@ -76,6 +109,25 @@ def test_similar_subjects_by_fused_and_by_modality(engine):
     assert scores == sorted(scores, reverse=True)
     by_image = engine.query(QueryRequest(kind="similar", subject=subject, k=3, modality="imaging"))
     assert all(n.subject_id in engine.indexes["imaging"] for n in by_image.evidence.similar_subjects)
+
+
+def test_similar_subjects_say_what_they_share(engine):
+    """Each neighbour lists the diagnoses / procedures it has in common with the subject, rarest first."""
+    subject = engine.richest_subject()
+    resp = engine.query(QueryRequest(kind="similar", subject=subject, k=5))
+    ev = engine.events
+
+    def findings(sid):
+        s, e = ev.subjects[sid]
+        return {c for c in ev.codes_text[s:e].tolist() if c.startswith("SNOMED/")}
+
+    freq = engine.caches.code_frequency
+    assert freq and all(1 <= n <= len(ev.subjects) for n in freq.values())
+    for n in resp.evidence.similar_subjects:
+        common = findings(subject) & findings(n.subject_id)
+        names = [engine.displays.get(c, c) for c in sorted(common, key=lambda c: (freq[c], c))[:3]]
+        assert n.shared == names
+    assert any(n.shared for n in resp.evidence.similar_subjects)
 
 
 def test_bad_queries_get_clear_errors(engine):

@@ -61,3 +61,17 @@ def test_xray_task_uses_cohort_labels(query_cohort):
     samples = build_samples(load_tasks()["xray_pneumonia"], events, query_cohort)
     assert len(samples) >= 20
     assert set(np.unique([s.labels["xray_pneumonia"] for s in samples])) <= {0.0, 1.0}
+
+
+def test_a_task_that_cannot_apply_to_the_cohort_names_the_task_and_the_field(events, clinical_cohort):
+    task = load_tasks()["death_1y"]
+    typo = task.model_copy(update={"name": "typo_task", "prediction_time": task.prediction_time.model_copy(
+        update={"anchor_codes": ["SNOMD/185349003"]})})
+    with pytest.raises(ConfigError, match=r"task typo_task: prediction_time.anchor_codes .*unknown code system 'SNOMD'"):
+        build_samples(typo, events, clinical_cohort)
+    never = task.model_copy(update={"name": "never_task", "label": task.label.model_copy(update={"codes": ["SNOMED/0000"]})})
+    with pytest.raises(ConfigError, match=r"task never_task: label.codes: no subject .* has the outcome SNOMED/0000"):
+        build_samples(never, events, clinical_cohort)
+    system = task.model_copy(update={"name": "system_task", "label": task.label.model_copy(update={"codes": ["ICD99/*"]})})
+    with pytest.raises(ConfigError, match=r"task system_task: label.codes names unknown code system 'ICD99'"):
+        build_samples(system, events, clinical_cohort)

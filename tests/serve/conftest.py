@@ -21,7 +21,7 @@ def serve_model(clinical_cohort, tmp_path_factory) -> Path:
     from biomm.heads.qa.train import train_qa
     from biomm.heads.qa.config import QAConfig
     from biomm.data.tasks import load_tasks
-    from biomm.eval.clinical import evaluate_clinical
+    from biomm.eval.clinical import QUICK, evaluate_clinical
     from biomm.model.export import export
     from biomm.train.run import fit
     from biomm.train.config import load_train_config
@@ -31,7 +31,7 @@ def serve_model(clinical_cohort, tmp_path_factory) -> Path:
                                                                 "trainer.checkpoint_every_n_steps=6"])
     fit(cfg, clinical_cohort, tmp / "run", progress=False)
     export(tmp / "run", tmp / "model")
-    evaluate_clinical(load(tmp / "model"), clinical_cohort, tmp / "eval", load_tasks(), names=[TASK])
+    evaluate_clinical(load(tmp / "model"), clinical_cohort, tmp / "eval", load_tasks(), names=[TASK], protocol=QUICK)
     train_qa(tmp / "model", clinical_cohort, load_config(QAConfig, "configs/qa/tiny.yaml", ["train.steps=20"]))
     return tmp / "model"
 

@@ -114,3 +114,29 @@ def test_model_info(client, engine, subjects):
     info = client.get("/model", headers=H).json()
     assert info["model"] == engine.model_name and TASK in info["tasks"]
     assert info["subjects"] == len(subjects) and set(info["kinds"]) == {"task", "ask", "similar", "annotate", "perturb"}
+
+
+def test_ask_cites_the_record_entry_behind_the_answer(client, engine, imaged_subject):
+    from biomm.heads.qa.questions import NOT_RECORDED, QTYPES
+
+    body = {"kind": "ask", "subject": imaged_subject, "question": "What was the most recent systolic blood pressure?"}
+    got = QueryResponse.model_validate(_query(client, body))
+    assert got == engine.query(QueryRequest(**body))
+    assert got.details["question_type"] in QTYPES and got.details["source"] in ("record", "model")
+    recorded = got.details["recorded"]
+    if recorded is None:
+        assert got.answer in (NOT_RECORDED, "no") or got.details["question_type"] in ("encounter_count",)
+    else:  # the first event of the evidence is the one the answer was copied from
+        first = got.evidence.top_events[0]
+        assert got.details["cited"] >= 1 and (first.code, first.time) == (recorded["code"], recorded["time"])
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({"kind": "ask", "subject": "{s}", "question": "   "}, "empty"),
+    ({"kind": "ask", "subject": "{s}", "question": ""}, "needs question"),
+    ({"kind": "ask", "subject": "Pnobody000000000", "question": "How old is the patient?"}, "unknown subject"),
+])
+def test_bad_questions_are_422_with_the_reason(client, imaged_subject, body, reason):
+    body = {k: (v.format(s=imaged_subject) if isinstance(v, str) else v) for k, v in body.items()}
+    r = client.post("/query", headers=H, json=body)
+    assert r.status_code == 422 and reason in json.dumps(r.json()["detail"])

@@ -31,6 +31,7 @@ class CellSet:
     obs: pd.DataFrame  # the selected rows' obs
     var_token_ids: np.ndarray  # per column; UNK where the model has no embedding for the gene
     symbols: list[str]  # per column
+    hvg: np.ndarray | None = None  # per column: var["highly_variable"] (None when the file has no such column)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -39,7 +40,7 @@ class CellSet:
         """The cells at `positions` (indices into this selection)."""
         positions = np.sort(np.asarray(positions, dtype=np.int64))
         return CellSet(self.path, self.rows[positions], [self.ids[i] for i in positions],
-                       self.obs.iloc[positions], self.var_token_ids, self.symbols)
+                       self.obs.iloc[positions], self.var_token_ids, self.symbols, self.hvg)
 
     def column(self, symbol_or_id: str) -> int:
         """Column of a gene given by symbol (case-insensitive) or any name the gene vocabulary knows."""
@@ -92,12 +93,13 @@ def open_cells(path: str | Path, n_genes: int, max_cells: int | None = None,
         names = list(var.index.astype(str))
         ids_col = var["vocab_id"].to_numpy(np.int64) if "vocab_id" in var else GeneVocab.default().lookup(names)
         symbols = list(var["gene_symbol"].astype(str)) if "gene_symbol" in var else names
+        hvg = var["highly_variable"].to_numpy(bool) if "highly_variable" in var else None
     finally:
         a.file.close()
     tokens = np.where(ids_col < n_genes, ids_col, UNK)
     if not (tokens > UNK).any():
         raise QueryError(f"none of the {len(names)} genes of {path.name} is in the model's gene vocabulary")
-    return CellSet(path, sel, ids, obs, tokens, symbols)
+    return CellSet(path, sel, ids, obs, tokens, symbols, hvg)
 
 
 def read_rows(cells: CellSet, start: int, stop: int, layer: str | None = None) -> sp.csr_matrix:
@@ -123,27 +125,70 @@ def iter_chunks(cells: CellSet, batch_size: int, layer: str | None = None) -> It
 
 
 def tokenizer_for(loaded, cells: CellSet) -> GeneTokenizer:
-    """The model's gene tokenizer (its training config) over this file's columns."""
-    return GeneTokenizer(cells.var_token_ids, loaded.config.data.omics.tokens)
+    """The model's gene tokenizer (its training config) over this file's columns (HVGs only when it trained so)."""
+    ids = cells.var_token_ids
+    if loaded.config.data.omics.tokens_hvg_only and cells.hvg is not None:
+        ids = np.where(cells.hvg, ids, UNK)
+    return GeneTokenizer(ids, loaded.config.data.omics.tokens)
 
 
-def n_genes_of(loaded) -> int:
-    """The gene vocabulary size of a cell model; QueryError unless it has a gene-token omics encoder."""
+def omics_config(loaded):
+    """The omics adapter config of a cell model; QueryError when it has none."""
     omics = loaded.model.config.adapters.get("omics")
     if omics is None:
         raise QueryError(f"model {loaded.folder.name} has no omics adapter; the virtual cell needs a cell model")
-    if omics.encoder != "transformer":
-        raise QueryError("the virtual cell needs the 'transformer' omics encoder (gene tokens)")
+    return omics
+
+
+def n_genes_of(loaded) -> int:
+    """The gene-vocabulary bound of a cell model: token ids below it have an embedding (or an HVG position)."""
+    omics = omics_config(loaded)
+    if omics.encoder == "mlp":
+        if not omics.gene_ids:
+            raise QueryError(f"model {loaded.folder.name}: its mlp omics encoder does not record its HVGs (gene_ids)")
+        return max(omics.gene_ids) + 1
     return omics.n_genes
+
+
+def hvg_positions(loaded, cells: CellSet) -> np.ndarray:
+    """mlp models: for each position of the model's HVG vector, this file's column of that gene (-1: absent)."""
+    col_of = {int(t): i for i, t in enumerate(cells.var_token_ids) if t > UNK}
+    return np.array([col_of.get(int(g), -1) for g in omics_config(loaded).gene_ids], dtype=np.int64)
+
+
+def hvg_matrix(x: sp.csr_matrix, positions: np.ndarray) -> np.ndarray:
+    """Dense [B, N] HVG vector of CSR rows `x`; positions -1 (gene absent from the file) are 0."""
+    out = np.zeros((x.shape[0], len(positions)), dtype=np.float32)
+    ok = positions >= 0
+    out[:, ok] = x[:, positions[ok]].toarray()
+    return out
+
+
+class OmicsInputs:
+    """CSR rows of a file -> the model's omics tensors: `x` [B, N] (mlp) or trimmed tokens [B, T] (transformer)."""
+
+    def __init__(self, loaded, cells: CellSet):
+        self.mlp = omics_config(loaded).encoder == "mlp"
+        self.positions = hvg_positions(loaded, cells) if self.mlp else None
+        if self.mlp and not (self.positions >= 0).any():
+            raise QueryError(f"none of the model's highly variable genes is in {cells.path.name}")
+        self.tokenizer = None if self.mlp else tokenizer_for(loaded, cells)
+
+    def __call__(self, x: sp.csr_matrix) -> dict[str, torch.Tensor]:
+        if self.mlp:
+            return {"x": torch.from_numpy(hvg_matrix(x, self.positions))}
+        t = self.tokenizer(x)
+        n = max(int(t["mask"].sum(1).max()) if len(x.indptr) > 1 else 0, 1)
+        return {k: v[:, :n] for k, v in t.items()}
 
 
 @torch.no_grad()
 def embed_cells(loaded, cells: CellSet, batch_size: int = 256) -> np.ndarray:
     """Each cell's omics embedding [N, D] (the omics modality alone: no label text leaks in)."""
-    tok = tokenizer_for(loaded, cells)
+    inputs = OmicsInputs(loaded, cells)
     out = []
     for _, x in iter_chunks(cells, batch_size, loaded.config.data.omics.layer):
-        out.append(loaded.model.embed("omics", tok(x)).float().numpy())
+        out.append(loaded.model.embed("omics", inputs(x)).float().numpy())
     if not out:
         raise QueryError(f"no cells selected in {cells.path.name}")
     return np.concatenate(out)

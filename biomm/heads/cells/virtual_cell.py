@@ -21,7 +21,8 @@ from biomm.config import StrictModel
 from biomm.heads.cells.annotation import LinearProbe, confusion, label_prompts, prompt_embeddings, scores, softmax, zero_shot_scores
 from biomm.heads.cells.cellset import CellSet, cohort_cells_file, cohort_splits, embed_cells, n_genes_of, open_cells
 from biomm.heads.cells.imputation import evaluate_imputation, impute
-from biomm.heads.cells.perturbation import PerturbationConfig, PerturbationModel, evaluate_perturbation, fit_perturbation
+from biomm.heads.cells.perturbation import (PerturbationConfig, PerturbationModel, components, evaluate_perturbation,
+                                            fit_perturbation)
 from biomm.schema import Evidence, ModalityAttribution, QueryError, QueryRequest, QueryResponse
 
 HEADS_DIR = Path("heads") / "virtual_cell"
@@ -150,12 +151,20 @@ class VirtualCell:
         unknown = sorted(set(holdout or []) - set(labels))
         if unknown:
             raise QueryError(f"holdout perturbations {unknown} are not in {Path(path).name}")
-        test = np.random.default_rng(cfg.seed).random(len(cells)) < self.cfg.perturbation_test_fraction
-        train = ~test & ~np.isin(labels, holdout or [])
+        rng = np.random.default_rng(cfg.seed)
+        unseen = set(holdout or [])
+        singles = {p for p in set(labels) if p != cfg.control and "+" not in p and p not in unseen}
+        doubles = sorted(p for p in set(labels) if "+" in p and all(g in singles for g in components(p)))
+        held = set(rng.permutation(doubles)[: int(round(cfg.holdout_double_fraction * len(doubles)))].tolist())
+        # an unseen gene stays out of training in every perturbation that names it (doubles included)
+        touches_unseen = np.array([any(g in unseen for g in components(lab)) for lab in labels])
+        out_of_training = np.isin(labels, sorted(held)) | touches_unseen
+        test = (rng.random(len(cells)) < self.cfg.perturbation_test_fraction) | out_of_training
+        train = ~test
         pm = fit_perturbation(self.loaded, cells.subset(np.flatnonzero(train)), cfg)
         if test.any():
-            report = evaluate_perturbation(self.loaded, pm, cells.subset(np.flatnonzero(test)))
-            pm.metrics["held_out"] = {k: v for k, v in report.items() if k in ("seen", "unseen", "n_cells")}
+            report = evaluate_perturbation(self.loaded, pm, cells.subset(np.flatnonzero(test)), seed=cfg.seed)
+            pm.metrics["held_out"] = report
         self.perturbation = pm
         if save:
             pm.save(self.folder)

@@ -17,39 +17,48 @@ class QALanguageModelConfig(StrictModel):
     pretrained: str | None = Field(None, description="Local directory of a causal LM checkpoint (with its tokenizer)")
     preset: Preset = "tiny"
     vocab_size: int = Field(1000, ge=16, description="Word-piece vocabulary built from the QA corpus (random LM only)")
-    freeze: bool = Field(False, description="Freeze the LM: train only the projector")
+    freeze: bool = Field(False, description="Freeze the LM: train only the projector, markers and output heads")
 
 
 class QAQuestionsConfig(StrictModel):
-    """Which questions are generated from the records, and where diagnoses and X-ray labels come from."""
+    """Which questions are generated from the records, and where code kinds and X-ray labels come from."""
 
-    reference_times: int = Field(2, ge=1, description="Question times per subject: its last event, plus earlier events")
-    diagnoses_per_subject: int = Field(2, ge=0, description="'yes' diagnosis questions per time (and as many 'no')")
-    condition_sources: list[str] | None = Field(
-        None, description="FHIR bundles (files or folders) whose Condition codes are diagnoses; default: the shipped Synthea bundles")
+    held_out_wordings: int = Field(1, ge=1, le=2, description="Wordings per question type never trained on")
+    kind_sources: list[str] | None = Field(
+        None, description="FHIR bundles (files or folders) whose resource types give each code's kind (condition, "
+                          "procedure, allergy ...); default: the shipped Synthea bundles")
     xray_labels: str | None = Field(
-        None, description="Linkage CSV (study_uid, label/class, file) labelling chest X-rays normal/pneumonia")
+        None, description="Linkage CSV (study_uid, label/class, file) labelling chest X-rays normal/pneumonia; "
+                          "default: the cohort's xray_pneumonia labels (`biomm cohort label-xrays`)")
     seed: int = 0
 
 
-class QATrainConfig(StrictModel):
-    """Training of the projector and the LM (frozen clinical model), and greedy decoding."""
+class QARetrievalConfig(StrictModel):
+    """BM25 retrieval of the facts given to the LM."""
 
-    steps: int = Field(400, ge=1)
+    top_k: int = Field(8, ge=1, le=64, description="Facts retrieved per question (besides the birth and sex header)")
+    question_tokens: int = Field(48, ge=4, description="Question tokens the LM reads at most")
+    candidate_tokens: int = Field(16, ge=2, description="Tokens of each retrieved fact the LM reads at most")
+
+
+class QATrainConfig(StrictModel):
+    """Training of the projector, the LM and its output heads (frozen clinical model)."""
+
+    steps: int = Field(600, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     precision: Precision = Field("auto", description="auto: bf16 autocast where the CPU/GPU supports it")
-    max_answer_tokens: int = Field(12, ge=1, description="Greedy decoding limit")
 
 
 class QAConfig(StrictModel):
-    """The question-answering head: projector, language model, questions, training."""
+    """The question-answering head: projector, language model, questions, retrieval, training."""
 
     name: str = "qa"
     projector: str = Field("mlp2x_gelu", pattern=PROJECTOR_PATTERN,
                            description="Fused tokens -> LM width; starts from the model's projector when widths match")
     lm: QALanguageModelConfig = QALanguageModelConfig()
     questions: QAQuestionsConfig = QAQuestionsConfig()
+    retrieval: QARetrievalConfig = QARetrievalConfig()
     train: QATrainConfig = QATrainConfig()

@@ -1,9 +1,13 @@
-"""Exact match and token F1 (SQuAD-style, on lower-cased word and punctuation tokens), per question type,
-for a model's answers and for the majority-answer baseline of the training split."""
+"""Exact match and token F1 (SQuAD-style, on lower-cased word and punctuation tokens) per question type, evidence
+precision, "not recorded" detection F1, and 95% intervals by a bootstrap over patients."""
 from __future__ import annotations
 
 import re
 from collections import Counter
+
+import numpy as np
+
+from biomm.heads.qa.questions import NOT_RECORDED
 
 
 def words(text: str) -> list[str]:
@@ -45,3 +49,45 @@ def score(qtypes: list[str], preds: list[str], golds: list[str]) -> dict[str, di
         groups.setdefault("overall", []).append(pair)
     return {q: {"em": sum(e for e, _ in v) / len(v), "f1": sum(f for _, f in v) / len(v), "n": len(v)}
             for q, v in sorted(groups.items())}
+
+
+def _event_keys(events: list[dict]) -> frozenset[tuple[str, str]]:
+    return frozenset((e["code"], e["time"]) for e in events)
+
+
+def evidence_hits(cited: list[list[dict]], gold: list[list[dict]]) -> list[float | None]:
+    """Per answer: 1.0 when it cites exactly the events that hold the answer, 0.0 when it cites others (or cites
+    events where nothing on record holds the answer), None when it cites nothing."""
+    return [None if not c else float(_event_keys(c) == _event_keys(g)) for c, g in zip(cited, gold)]
+
+
+def evidence_precision(cited: list[list[dict]], gold: list[list[dict]]) -> dict[str, float]:
+    """{'precision', 'n'}: the share of answers citing events whose cited events are the ones holding the answer."""
+    hits = [h for h in evidence_hits(cited, gold) if h is not None]
+    return {"precision": float(np.mean(hits)) if hits else 0.0, "n": len(hits)}
+
+
+def not_recorded_f1(preds: list[str], golds: list[str]) -> dict[str, float]:
+    """Detection of "not recorded" answers: precision, recall, F1 and the number of gold positives."""
+    p = np.array([exact_match(x, NOT_RECORDED) for x in preds], bool)
+    g = np.array([exact_match(x, NOT_RECORDED) for x in golds], bool)
+    tp = float((p & g).sum())
+    precision = tp / p.sum() if p.sum() else 0.0
+    recall = tp / g.sum() if g.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "n": int(g.sum())}
+
+
+def bootstrap_ci(values: list[float], groups: list[str], n: int = 1000, seed: int = 0) -> list[float]:
+    """95% interval of the mean of `values` by resampling whole groups (patients) with replacement."""
+    vals = np.asarray(values, float)
+    if not len(vals):
+        return [float("nan"), float("nan")]
+    keys = sorted(set(groups))
+    index = {k: np.flatnonzero(np.asarray(groups) == k) for k in keys}
+    sums = np.array([vals[index[k]].sum() for k in keys])
+    counts = np.array([len(index[k]) for k in keys])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(keys), size=(n, len(keys)))
+    means = sums[draws].sum(1) / np.maximum(counts[draws].sum(1), 1)
+    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]

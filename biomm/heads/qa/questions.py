@@ -1,8 +1,13 @@
-"""Question-answer pairs from each patient's own records, as of a reference time.
+"""Questions people ask of a record, generated from each patient's own events, and their answers.
 
-Only what is on record at or before the reference time is used: diagnoses (Condition codes),
-the latest systolic blood pressure (LOINC 8480-6) and the latest chest X-ray's label (from a
-linkage CSV). Answers come from the store; a question the records cannot answer says so."""
+A patient's record is seen as `Fact`s: one per distinct code (with its kind: condition, medication,
+observation, procedure, immunization, allergy, encounter, ...), plus the demographics (birth, sex) and
+the latest chest X-ray. Every answer is *rendered* from a fact's events by `render`: values, units and
+dates are copied from an event, yes/no and counts are derived from the events, and the record entry
+it came from is returned as the evidence. The same `render` turns the model's choice (a fact, or none)
+into its answer, so a gold answer and a predicted one are made the same way.
+
+Everything is as of the subject's reference time: its last record (event or X-ray)."""
 from __future__ import annotations
 
 import csv
@@ -11,8 +16,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Optional
 
+import msgspec
 import numpy as np
 
 from biomm.data.ehr import day_to_iso, days_since_epoch
@@ -21,27 +29,142 @@ from biomm.resources import resource
 from biomm.store.cohort import Cohort
 from biomm.store.events import read_events
 
-SBP = "LOINC/8480-6"
-SBP_UNIT = "mm[Hg]"
-XRAY_MODALITIES = ("CR", "DX")
-NO_SBP = "no systolic blood pressure on record"
-NO_XRAY = "no chest x-ray on record"
-QTYPES = ("diagnosis", "systolic_bp", "chest_xray")
 SYNTHEA = resource("data", "synthea")
+NOT_RECORDED = "not recorded"
+XRAY_MODALITIES = ("CR", "DX")
+XRAY_LABEL = "xray_pneumonia"  # the cohort label `biomm cohort label-xrays` writes
+TREND_WINDOW = 3  # measurements a trend question looks at
+TREND_TOLERANCE = 0.03  # relative change under which a trend is "stable"
+COUNT_WINDOW_DAYS = 365.0
+
+QTYPES = ("diagnosis", "diagnosis_date", "medication", "latest_value", "trend", "encounter_count", "procedure",
+          "immunization", "allergy", "age", "sex", "imaging_finding")
+"""The question types, in the order of the model's intent classes."""
+VALUE_TYPES = ("latest_value",)
+FREE_TEXT_TYPES = ("imaging_finding",)  # answered by the LM's text (the image is not an event with a value)
+TYPE_KINDS = {"diagnosis": ("condition",), "diagnosis_date": ("condition",), "medication": ("medication",),
+              "latest_value": ("observation",), "trend": ("observation",), "encounter_count": ("encounter",),
+              "procedure": ("procedure",), "immunization": ("immunization",), "allergy": ("allergy",),
+              "age": ("birth",), "sex": ("sex",), "imaging_finding": ("imaging",)}
+"""The kinds of fact each question type is answered from (the decoding constraint on the model's pointer)."""
+
+WORDINGS: dict[str, tuple[str, ...]] = {
+    "diagnosis": ("Has the patient been diagnosed with {name}?", "Does the patient have {name}?",
+                  "Is there a diagnosis of {name} on record?", "Was the patient ever found to have {name}?"),
+    "diagnosis_date": ("When was {name} first diagnosed?", "What is the date of the first {name} diagnosis?",
+                       "Since when does the patient have {name}?",
+                       "On what date was the patient first diagnosed with {name}?"),
+    "medication": ("Is the patient taking {name}?", "What is the status of the patient's {name} prescription?",
+                   "Is {name} an active or a past medication?",
+                   "Has the patient been prescribed {name}, and is it still active?"),
+    "latest_value": ("What was the most recent {name}?", "What is the latest {name} value?",
+                     "Give the last recorded {name}.", "What was the patient's {name} at the last measurement?"),
+    "trend": ("Is the {name} rising or falling over the last three measurements?",
+              "How has the {name} changed over the last three measurements?", "What is the trend of the {name}?",
+              "Over the last three readings, is the patient's {name} going up or down?"),
+    "encounter_count": ("How many encounters did the patient have in the last year?",
+                        "Number of visits in the past 12 months?",
+                        "How many times was the patient seen in the last year?",
+                        "Count the patient's encounters over the last year."),
+    "procedure": ("When did the patient last have {name}?", "What is the date of the most recent {name} procedure?",
+                  "Has the patient undergone {name}, and when?", "When was {name} last performed on the patient?"),
+    "immunization": ("When was the patient last given the {name} vaccine?",
+                     "What is the date of the latest {name} immunization?", "When did the patient last receive {name}?",
+                     "On what date was the patient last vaccinated with {name}?"),
+    "allergy": ("Is the patient allergic to {name}?", "Does the patient have an allergy to {name}?",
+                "Is an allergy to {name} recorded?", "Any known allergy to {name}?"),
+    "age": ("How old is the patient?", "What is the patient's age?", "Age of the patient?",
+            "How many years old is this patient?"),
+    "sex": ("What is the patient's sex?", "Is the patient male or female?", "What gender is recorded for the patient?",
+            "Which sex is on the patient's record?"),
+    "imaging_finding": ("Does the chest X-ray show pneumonia?", "Is there pneumonia on the latest chest radiograph?",
+                        "Is pneumonia visible on the chest X-ray?",
+                        "Does the patient's last chest X-ray indicate pneumonia?"),
+}
+"""Paraphrased wordings per question type; the last `held_out_wordings` of each are never trained on."""
+
+KIND_WORDS = {
+    "condition": "diagnosis diagnosed condition disease", "medication": "medication medicine drug prescription",
+    "observation": "measurement value result level", "procedure": "procedure performed",
+    "immunization": "vaccine immunization", "allergy": "allergy allergic", "encounter": "encounter visit",
+    "imaging": "chest x-ray xray radiograph imaging image", "birth": "birth age old", "sex": "sex gender",
+    "careplan": "care plan", "other": "",
+}
+"""Words a kind of fact is also found by (the retrieval document is its name plus these)."""
+
+ENCOUNTER_CLASSES = {"AMB", "EMER", "IMP", "WELLNESS", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR", "HH", "FLD",
+                     "unknown"}
+MEDICATION_STATUSES = {"active", "stopped", "on-hold", "cancelled", "completed", "entered-in-error", "draft",
+                       "unknown"}
+ALLERGY_CRITICALITIES = {"low", "high", "unable-to-assess"}
+RESOURCE_KINDS = {"Condition": "condition", "Procedure": "procedure", "AllergyIntolerance": "allergy",
+                  "Immunization": "immunization", "MedicationRequest": "medication", "Observation": "observation",
+                  "Encounter": "encounter", "DiagnosticReport": "observation", "CarePlan": "careplan"}
+_KIND_PRIORITY = ("condition", "allergy", "immunization", "medication", "procedure", "observation", "encounter",
+                  "careplan")
+_SUFFIX = re.compile(r"\s*\((disorder|finding|situation|morphologic abnormality|procedure|regime/therapy|substance|"
+                     r"organism|product|qualifier value|observable entity|record artifact)\)\s*$", re.I)
+
+
+@dataclass
+class Event:
+    """One recorded event: code, time (days since the epoch), numeric value, text value, unit."""
+
+    code: str
+    day: float
+    value: float | None = None
+    text: str | None = None
+    unit: str | None = None
+
+    @property
+    def date(self) -> str:
+        """YYYY-MM-DD of the event."""
+        return day_to_iso(self.day)[:10] if np.isfinite(self.day) else "unknown date"
+
+    def evidence(self, description: str | None) -> dict:
+        """The event as an EventEvidence dict (code, ISO time, value, unit, description)."""
+        return {"code": self.code, "time": day_to_iso(self.day) if np.isfinite(self.day) else "", "value": self.value,
+                "unit": self.unit, "description": description}
+
+
+@dataclass
+class Fact:
+    """One code of one patient's record as of the reference time: its kind, name and events (oldest first)."""
+
+    code: str
+    kind: str
+    name: str
+    events: list[Event]
+    label: int | None = None  # chest X-ray: 1 pneumonia, 0 normal, None unlabelled
+
+    @property
+    def first(self) -> Event:
+        """The first event of the code."""
+        return self.events[0]
+
+    @property
+    def last(self) -> Event:
+        """The most recent event of the code."""
+        return self.events[-1]
+
+    def numeric(self) -> list[Event]:
+        """The events with a numeric value, oldest first."""
+        return [e for e in self.events if e.value is not None and np.isfinite(e.value)]
 
 
 @dataclass
 class QAPair:
-    """One question about one patient as of a reference time, with the answer the records give."""
+    """One question about one patient, with the answer and evidence the record gives and the fact behind it."""
 
     subject_id: str
-    time: float  # reference time, days since epoch (the cohort's shifted time)
+    time: float  # reference time, days since the epoch
     qtype: str
     question: str
     answer: str
-    code: str | None = None  # the diagnosis asked about
-    events: list[dict] = field(default_factory=list)  # the records behind the answer
-    image_series: list[str] = field(default_factory=list)
+    wording: int  # index into WORDINGS[qtype]
+    code: str | None = None  # the code asked about (None: a question without a topic)
+    gold_code: str | None = None  # the fact that holds the answer (None: not recorded / no)
+    events: list[dict] = field(default_factory=list)  # the record entries behind the answer
 
 
 @dataclass
@@ -57,8 +180,18 @@ class XRay:
 
 
 def clean_display(display: str) -> str:
-    """'Anemia (disorder)' -> 'anemia'."""
-    return re.sub(r"\s*\((disorder|finding|situation|morphologic abnormality)\)\s*$", "", display).strip().lower()
+    """A code's display as a question names it: 'Anemia (disorder)' -> 'anemia', 'Allergy to mould' -> 'mould',
+    'Body Weight [Mass]' -> 'body weight'."""
+    text = _SUFFIX.sub("", display).strip()
+    text = re.sub(r"\s*\[[^\]]*\]", "", text)
+    text = re.sub(r"^allergy to\s+", "", text, flags=re.I)
+    return re.sub(r"\s+", " ", text).strip().lower() or display.lower()
+
+
+def format_value(value: float) -> str:
+    """118.0 -> '118', 27.299999 -> '27.3', 0.1234 -> '0.12' (two decimals at most)."""
+    text = f"{round(float(value), 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 def _bundle_files(sources: list[str]) -> list[Path]:
@@ -70,25 +203,103 @@ def _bundle_files(sources: list[str]) -> list[Path]:
         elif p.exists():
             files.append(p)
         else:
-            raise FileNotFoundError(f"condition source not found: {p}")
+            raise FileNotFoundError(f"FHIR code source not found: {p}")
     return files
 
 
-def condition_codes(sources: tuple[str, ...] | None = None) -> dict[str, str]:
-    """MEDS code -> display of every Condition code in FHIR bundles (default: the shipped Synthea ones)."""
-    out: dict[str, str] = {}
+class _Coded(msgspec.Struct):
+    """The fields of a FHIR resource that carry its codes (everything else is skipped by the decoder)."""
+
+    resourceType: Optional[str] = None
+    code: Optional[Any] = None
+    vaccineCode: Optional[Any] = None
+    medicationCodeableConcept: Optional[Any] = None
+    type: Optional[Any] = None
+    category: Optional[Any] = None
+    component: Optional[Any] = None
+
+
+class _CodedEntry(msgspec.Struct):
+    resource: Optional[_Coded] = None
+
+
+class _CodedBundle(msgspec.Struct):
+    entry: Optional[list[_CodedEntry]] = None
+
+
+_BUNDLE_CODES = msgspec.json.Decoder(_CodedBundle)
+
+
+def _concepts(res: _Coded) -> list:
+    rtype = res.resourceType
+    if rtype == "Immunization":
+        return [res.vaccineCode]
+    if rtype == "MedicationRequest":
+        return [res.medicationCodeableConcept]
+    if rtype == "Encounter":
+        return list(res.type or [])[:1] if isinstance(res.type, list) else []
+    if rtype == "CarePlan":
+        return list(res.category or []) if isinstance(res.category, list) else []
+    if rtype == "Observation":
+        comps = res.component if isinstance(res.component, list) else []
+        return [res.code] + [c.get("code") for c in comps if isinstance(c, dict)]
+    return [res.code]
+
+
+def code_kinds(sources: tuple[str, ...] | None = None) -> dict[str, str]:
+    """MEDS code -> kind of record (condition, procedure, allergy, ...) from the resource types that carry it in
+    FHIR bundles (default: the shipped Synthea ones); a code carried by several takes the first of
+    condition > allergy > immunization > medication > procedure > observation > encounter > care plan."""
+    seen: dict[str, set[str]] = {}
     for f in _bundle_files(list(sources) if sources else [str(SYNTHEA)]):
         raw = gzip.decompress(f.read_bytes()) if f.name.endswith(".gz") else f.read_bytes()
-        bundle = json.loads(raw)
-        for entry in bundle.get("entry", []) if isinstance(bundle, dict) else []:
-            res = entry.get("resource") or {}
-            if res.get("resourceType") != "Condition":
+        try:
+            bundle = _BUNDLE_CODES.decode(raw)
+        except msgspec.DecodeError as err:
+            raise ValueError(f"{f}: not a FHIR bundle ({err})") from None
+        for entry in bundle.entry or ():
+            res = entry.resource
+            kind = RESOURCE_KINDS.get(res.resourceType) if res is not None else None
+            if kind is None:
                 continue
-            for coding in (res.get("code") or {}).get("coding") or ():
-                code = code_of(coding.get("system"), coding.get("code"))
-                if code and coding.get("display") and code not in out:
-                    out[code] = coding["display"]
-    return out
+            for concept in _concepts(res):
+                for coding in (concept.get("coding") or ()) if isinstance(concept, dict) else ():
+                    code = code_of(coding.get("system"), coding.get("code")) if isinstance(coding, dict) else None
+                    if code:
+                        seen.setdefault(code, set()).add(kind)
+    return {c: next(k for k in _KIND_PRIORITY if k in ks) for c, ks in seen.items()}
+
+
+def event_kind(code: str, text: str | None, kinds: dict[str, str], display: str | None) -> str:
+    """The kind of one event: from its code system and text value (encounter class, medication status,
+    allergy criticality, care plan), else the FHIR resource type of its code, else its display's suffix."""
+    system = code.split("/", 1)[0]
+    if code == "MEDS_BIRTH":
+        return "birth"
+    if system == "GENDER":
+        return "sex"
+    if system in ("RACE", "ETHNICITY", "MEDS_DEATH", "DCM"):
+        return "demographic" if system != "DCM" else "imaging_event"
+    if text == "careplan":
+        return "careplan"
+    if system == "ENCOUNTER" or (text in ENCOUNTER_CLASSES and system != "LOINC"):
+        return "encounter"
+    if system in ("RXNORM", "MEDICATION_REF") or (text in MEDICATION_STATUSES and kinds.get(code) == "medication"):
+        return "medication"
+    if system == "CVX":
+        return "immunization"
+    if text in ALLERGY_CRITICALITIES and system == "SNOMED":
+        return "allergy"
+    if code in kinds and kinds[code] != "encounter":
+        return kinds[code]
+    if system == "LOINC":
+        return "observation"
+    suffix = _SUFFIX.search(display or "")
+    if suffix and suffix.group(1).lower() in ("disorder", "finding", "situation"):
+        return "condition"
+    if suffix and suffix.group(1).lower() == "procedure":
+        return "procedure"
+    return "other"
 
 
 def _sha256(path: Path) -> str:
@@ -121,205 +332,260 @@ def xray_labels(cohort: Cohort, csv_path: str | Path) -> dict[str, int]:
     return out
 
 
+def _cohort_xray_labels(cohort: Cohort) -> dict[tuple[str, str], int]:
+    """(subject, YYYY-MM-DD) -> label, from the cohort's `xray_pneumonia` labels (`biomm cohort label-xrays`)."""
+    out = {}
+    for subject, value, when in cohort.labels(XRAY_LABEL):
+        if when is not None and str(value).strip() in ("0", "1", "0.0", "1.0"):
+            out[(subject, str(when)[:10])] = int(float(value))
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
 class QAStore:
-    """A cohort's events, diagnoses and chest X-rays, per subject, for building and checking answers.
+    """A cohort's events, chest X-rays and code names, per subject, for building, retrieving and checking answers.
 
-    `conditions` (MEDS code -> display of the diagnosis codes) defaults to the Condition codes of
-    `condition_sources`; a trained head passes the ones it was trained with."""
+    `kinds` (code -> kind of record) defaults to the FHIR resource types of `kind_sources` (default: the
+    shipped Synthea bundles); a trained head passes the ones it was trained with. X-ray labels come from
+    `xray_label_file` (a linkage CSV) when given, else from the cohort's `xray_pneumonia` labels."""
 
-    def __init__(self, cohort_root: str | Path, condition_sources: list[str] | None = None,
-                 xray_label_file: str | Path | None = None, conditions: dict[str, str] | None = None):
+    def __init__(self, cohort_root: str | Path, kind_sources: list[str] | None = None,
+                 xray_label_file: str | Path | None = None, kinds: dict[str, str] | None = None):
         self.root = Path(cohort_root)
         with Cohort(self.root, create=False, read_only=True) as c:
             self.subjects = set(c.subjects())
             self.split_of = c.split_map()
-            displays = c.code_displays()
+            self.displays = {"MEDS_BIRTH": "Birth", **c.code_displays()}
             labels = xray_labels(c, xray_label_file) if xray_label_file else {}
-            self.xrays = self._xrays(c.records("imaging"), labels)
-        if conditions is None:
-            conditions = condition_codes(tuple(condition_sources) if condition_sources else None)
-        self.conditions = dict(conditions)
-        self.displays = {**conditions, **displays}
-        self._load_events(set(conditions) | {c for c, d in displays.items() if d.endswith("(disorder)")})
+            dated = {} if xray_label_file else _cohort_xray_labels(c)
+            self.xrays = self._xrays(c.records("imaging"), labels, dated)
+        t = read_events(self.root, columns=("subject_id", "time", "code", "numeric_value", "text_value", "unit"))
+        codes_here = set(t.column("code").unique().to_pylist()) if t is not None else set()
+        if kinds is None:
+            kinds = code_kinds(tuple(kind_sources) if kind_sources else None)
+        self.kinds = {c: k for c, k in kinds.items() if c in codes_here}
+        self._load_events(t)
+        self.names = self._names()
 
+    # ------------------------------------------------------------------ loading
     @staticmethod
-    def _xrays(records: list[dict], labels: dict[str, int]) -> dict[str, list[XRay]]:
+    def _xrays(records: list[dict], labels: dict[str, int], dated: dict[tuple[str, str], int]) -> dict[str, list[XRay]]:
         out: dict[str, list[XRay]] = {}
         for r in records:
             prov = json.loads(r["provenance"]) if isinstance(r["provenance"], str) else r["provenance"] or {}
             date = prov.get("study_date")
             if prov.get("dicom_modality") not in XRAY_MODALITIES or not date:
                 continue
-            day = float(days_since_epoch(np.array([np.datetime64(f"{date[:4]}-{date[4:6]}-{date[6:8]}", "us")]))[0])
+            iso = f"{date[:4]}-{date[4:6]}-{date[6:8]}"
+            day = float(days_since_epoch(np.array([np.datetime64(iso, "us")]))[0])
             series = prov.get("series_uid") or r["record_id"]
+            label = labels.get(series, dated.get((r["subject_id"], iso)))
             out.setdefault(r["subject_id"], []).append(
-                XRay(day, f"{date[:4]}-{date[4:6]}-{date[6:8]}", series, prov.get("study_uid", ""), prov["dicom_modality"],
-                     labels.get(series)))
+                XRay(day, iso, series, prov.get("study_uid", ""), prov["dicom_modality"], label))
         for items in out.values():
             items.sort(key=lambda x: (x.day, x.series_uid))
         return out
 
-    def _load_events(self, diagnosis_codes: set[str]) -> None:
-        self.events: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list]] = {}
-        self.diagnosis_codes: set[str] = set()
-        t = read_events(self.root, columns=("subject_id", "time", "code", "numeric_value", "unit"))
+    def _load_events(self, t) -> None:
+        self.events: dict[str, list[Event]] = {}
+        self.event_kinds: dict[tuple[str, str | None], str] = {}
         if t is None:
             return
         sid = t.column("subject_id").to_numpy(zero_copy_only=False)
         times = np.nan_to_num(days_since_epoch(t.column("time").to_numpy(zero_copy_only=False)), nan=-np.inf)
-        codes = t.column("code").to_numpy(zero_copy_only=False).astype(str)
+        codes = t.column("code").to_pylist()
         values = t.column("numeric_value").to_numpy(zero_copy_only=False).astype(np.float64)
-        units = t.column("unit").to_pylist()
-        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]]) if len(sid) else np.zeros(0, int)
-        for s, e in zip(starts, np.r_[starts[1:], len(sid)]):
-            self.events[str(sid[s])] = (times[s:e], codes[s:e], values[s:e], units[s:e])
-        self.diagnosis_codes = set(np.unique(codes)) & diagnosis_codes
+        texts, units = t.column("text_value").to_pylist(), t.column("unit").to_pylist()
+        for i in range(len(sid)):
+            v = values[i]
+            self.events.setdefault(str(sid[i]), []).append(
+                Event(codes[i], float(times[i]), float(v) if np.isfinite(v) else None, texts[i], units[i]))
+            key = (codes[i], texts[i])
+            if key not in self.event_kinds:
+                self.event_kinds[key] = event_kind(codes[i], texts[i], self.kinds, self.displays.get(codes[i]))
 
-    # ------------------------------------------------------------------ facts as of a time
-    def _visible(self, subject: str, before: float) -> int:
-        times = self.events[subject][0]
-        return int(np.searchsorted(times, before, side="right"))
-
-    def diagnoses(self, subject: str, before: float) -> dict[str, float]:
-        """Diagnosis code -> first day on record, at or before `before`."""
-        times, codes, _, _ = self.events.get(subject, (np.zeros(0),) * 4)
-        out: dict[str, float] = {}
-        for i in range(self._visible(subject, before) if subject in self.events else 0):
-            if codes[i] in self.diagnosis_codes and codes[i] not in out:
-                out[str(codes[i])] = float(times[i])
+    def _names(self) -> dict[str, str]:
+        """Code -> the name questions use; codes whose cleaned names collide keep their full display."""
+        names = {c: clean_display(d) for c, d in self.displays.items() if d}
+        counts: dict[str, int] = {}
+        for n in names.values():
+            counts[n] = counts.get(n, 0) + 1
+        out = {c: (n if counts[n] == 1 else self.displays[c].lower()) for c, n in names.items()}
+        out["MEDS_BIRTH"] = "date of birth"
         return out
 
-    def latest(self, subject: str, code: str, before: float) -> dict | None:
-        """The most recent numeric event of `code` at or before `before`."""
-        if subject not in self.events:
-            return None
-        times, codes, values, units = self.events[subject]
-        for i in range(self._visible(subject, before) - 1, -1, -1):
-            if codes[i] == code and not np.isnan(values[i]):
-                return {"code": code, "day": float(times[i]), "value": float(values[i]), "unit": units[i]}
-        return None
+    # ------------------------------------------------------------------ a patient's record
+    def reference_time(self, subject: str) -> float | None:
+        """The subject's last record (timed event or chest X-ray), days since the epoch; None without any."""
+        times = [e.day for e in self.events.get(subject, ()) if np.isfinite(e.day)]
+        times += [x.day for x in self.xrays.get(subject, ())]
+        return max(times) if times else None
 
-    def xray(self, subject: str, before: float) -> XRay | None:
-        """The most recent chest X-ray dated on or before the reference day (no later study leaks in)."""
-        eligible = [x for x in self.xrays.get(subject, []) if x.day <= np.floor(before)]
-        return eligible[-1] if eligible else None
-
-    def last_time(self, subject: str) -> float:
-        """The time (days) of the subject's last event."""
-        return float(self.events[subject][0][-1])
-
-    def reference_times(self, subject: str, n: int, rng: np.random.Generator) -> list[float]:
-        """The subject's last event time, then `n - 1` distinct earlier event times from the later half."""
-        times = self.events[subject][0]
-        finite = np.unique(times[np.isfinite(times)])
-        if not len(finite):
+    def facts(self, subject: str, when: float | None) -> list[Fact]:
+        """The subject's facts at or before `when`: one per (code, kind), then its latest chest X-ray."""
+        if when is None:
             return []
-        out = [float(finite[-1])]
-        pool = finite[len(finite) // 2:-1]
-        if n > 1 and len(pool):
-            out += sorted(float(x) for x in rng.choice(pool, size=min(n - 1, len(pool)), replace=False))
+        grouped: dict[tuple[str, str], list[Event]] = {}
+        for e in self.events.get(subject, ()):
+            if e.day <= when or not np.isfinite(e.day):
+                kind = self.event_kinds.get((e.code, e.text), "other")
+                if kind not in ("demographic", "imaging_event"):
+                    grouped.setdefault((e.code, kind), []).append(e)
+        out = [Fact(code, kind, self.names.get(code, code.lower()), evs) for (code, kind), evs in grouped.items()]
+        xs = [x for x in self.xrays.get(subject, ()) if x.day <= np.floor(when) + 1.0]
+        if xs:
+            x = xs[-1]
+            out.append(Fact(f"DCM/{x.modality}", "imaging", f"chest x-ray ({x.modality})",
+                            [Event(f"DCM/{x.modality}", x.day, None, x.series_uid, None)], x.label))
         return out
 
     def describe(self, code: str) -> str | None:
         """The display name of a code, if known."""
+        if code.startswith("DCM/"):
+            return f"chest X-ray ({code[4:]})"
         return self.displays.get(code)
 
-
-# ---------------------------------------------------------------------- questions and answers
-def diagnosis_question(name: str) -> str:
-    """The diagnosis question about a condition named `name`."""
-    return f"Has the patient been diagnosed with {name}?"
-
-
-SBP_QUESTION = "What was the most recent systolic blood pressure?"
-XRAY_QUESTION = "Does the chest X-ray show pneumonia?"
-
-
-def sbp_answer(store: QAStore, subject: str, before: float) -> tuple[str, list[dict]]:
-    """(answer, events): the latest systolic blood pressure at or before `before`, or that there is none."""
-    hit = store.latest(subject, SBP, before)
-    if hit is None:
-        return NO_SBP, []
-    unit = hit["unit"] or SBP_UNIT
-    ev = {"code": SBP, "time": day_to_iso(hit["day"]), "value": hit["value"], "description": "Systolic blood pressure"}
-    return f"{round(hit['value'])} {unit}", [ev]
+    def cohort_topics(self) -> dict[str, list[tuple[str, str]]]:
+        """Kind -> (code, name) of every code of that kind in the cohort (the pool for questions about codes a
+        patient does not have); observations only when they have numeric values."""
+        numeric = {e.code for evs in self.events.values() for e in evs if e.value is not None}
+        out: dict[str, set[str]] = {}
+        for (code, _), kind in self.event_kinds.items():
+            if kind == "observation" and code not in numeric:
+                continue
+            out.setdefault(kind, set()).add(code)
+        return {k: sorted((c, self.names.get(c, c.lower())) for c in cs) for k, cs in out.items()}
 
 
-def xray_answer(store: QAStore, subject: str, before: float) -> tuple[str | None, list[dict], list[str]]:
-    """(answer, events, series); answer None when the latest X-ray has no label (cannot answer from the store)."""
-    x = store.xray(subject, before)
-    if x is None:
-        return NO_XRAY, [], []
-    if x.label is None:
-        return None, [], [x.series_uid]
-    ev = {"code": f"DCM/{x.modality}", "time": x.date, "value": float(x.label), "description": "chest X-ray, "
-          + ("pneumonia" if x.label else "normal")}
-    return ("yes" if x.label else "no"), [ev], [x.series_uid]
+# ---------------------------------------------------------------------- rendering answers from facts
+def _trend(events: list[Event]) -> str:
+    first, last = events[0].value, events[-1].value
+    scale = max(abs(first), 1e-6)
+    change = (last - first) / scale
+    return "rising" if change > TREND_TOLERANCE else "falling" if change < -TREND_TOLERANCE else "stable"
 
 
-def diagnosis_answer(store: QAStore, subject: str, before: float, code: str) -> tuple[str, list[dict]]:
-    """("yes" with the first record of `code`, or "no") as of `before`."""
-    seen = store.diagnoses(subject, before)
-    if code in seen:
-        return "yes", [{"code": code, "time": day_to_iso(seen[code]), "value": None, "description": store.describe(code)}]
-    return "no", []
+def _age(birth: Event, when: float) -> int:
+    b = datetime.fromisoformat(day_to_iso(birth.day))
+    w = datetime.fromisoformat(day_to_iso(when))
+    return w.year - b.year - ((w.month, w.day) < (b.month, b.day))
 
 
-def generate_pairs(store: QAStore, subjects: list[str], reference_times: int = 2, diagnoses_per_subject: int = 2,
-                   seed: int = 0) -> list[QAPair]:
-    """QA pairs for `subjects` at their reference times. Diagnosis questions are balanced per time: as many
-    conditions the patient has (on record by then) as conditions from the cohort it does not have."""
+def render(store: QAStore, qtype: str, fact: Fact | None, facts: list[Fact], when: float,
+           free_text: str | None = None) -> tuple[str, list[dict]]:
+    """(answer, evidence events) for a question of `qtype` answered from `fact` (None: nothing on record).
+    Values, units and dates are copied from the fact's events; `free_text` is the answer to an imaging finding
+    (the LM's reading; the gold answer passes the X-ray's label)."""
+    d = store.describe
+    if qtype == "encounter_count":
+        evs = [e for f in facts if f.kind == "encounter" for e in f.events if when - COUNT_WINDOW_DAYS < e.day <= when]
+        evs.sort(key=lambda e: (e.day, e.code))
+        return f"{len(evs)} encounter{'s' if len(evs) != 1 else ''}", [e.evidence(d(e.code)) for e in evs]
+    yes_no = qtype in ("diagnosis", "allergy")
+    if fact is None or (qtype in TYPE_KINDS and fact.kind not in TYPE_KINDS[qtype]):
+        return ("no" if yes_no else NOT_RECORDED), []
+    if yes_no:
+        return "yes", [fact.first.evidence(d(fact.code))]
+    if qtype == "diagnosis_date":
+        return fact.first.date, [fact.first.evidence(d(fact.code))]
+    if qtype == "medication":
+        last = fact.last
+        status = "active, prescribed" if last.text == "active" else "past, last prescribed"
+        return f"{status} {last.date}", [last.evidence(d(fact.code))]
+    if qtype in ("procedure", "immunization"):
+        return fact.last.date, [fact.last.evidence(d(fact.code))]
+    if qtype == "latest_value":
+        num = fact.numeric()
+        if not num:
+            return NOT_RECORDED, []
+        e = num[-1]
+        unit = f" {e.unit}" if e.unit else ""
+        return f"{format_value(e.value)}{unit} on {e.date}", [e.evidence(d(fact.code))]
+    if qtype == "trend":
+        num = fact.numeric()[-TREND_WINDOW:]
+        if len(num) < 2:
+            return NOT_RECORDED, []
+        return _trend(num), [e.evidence(d(fact.code)) for e in num]
+    if qtype == "age":
+        return f"{_age(fact.first, when)} years", [fact.first.evidence(d(fact.code))]
+    if qtype == "sex":
+        return fact.code.split("/", 1)[1].lower(), [fact.first.evidence(d(fact.code))]
+    if qtype == "imaging_finding":
+        ev = fact.last.evidence(d(fact.code))
+        ev["value"] = None
+        text = free_text if free_text is not None else (None if fact.label is None else ("yes" if fact.label else "no"))
+        return (text if text is not None else NOT_RECORDED), [ev]
+    return NOT_RECORDED, []
+
+
+def gold_fact(qtype: str, facts: list[Fact], code: str | None) -> Fact | None:
+    """The fact that holds the answer to a question of `qtype` about `code` (None: not on record)."""
+    kinds = TYPE_KINDS.get(qtype, ())
+    for f in facts:
+        if f.kind in kinds and (code is None or f.code == code):
+            return f
+    return None
+
+
+# ---------------------------------------------------------------------- generating questions
+@dataclass(frozen=True)
+class QuestionPlan:
+    """How many questions per type and patient: (about codes the patient has, about codes it lacks)."""
+
+    per_type: dict = field(default_factory=lambda: {
+        "diagnosis": (2, 2), "diagnosis_date": (1, 1), "medication": (1, 1), "latest_value": (3, 1),
+        "trend": (1, 1), "encounter_count": (1, 0), "procedure": (1, 1), "immunization": (1, 1),
+        "allergy": (1, 1), "age": (1, 0), "sex": (1, 0), "imaging_finding": (1, 0)})
+
+
+def _topics(store: QAStore, qtype: str, facts: list[Fact], pool: dict[str, list[tuple[str, str]]],
+            has_n: int, lacks_n: int, rng: np.random.Generator) -> list[str | None]:
+    """Codes to ask about: `has_n` the patient has, `lacks_n` of the same kind from the cohort it lacks."""
+    if qtype in ("encounter_count", "age", "sex", "imaging_finding"):
+        return [None] * has_n
+    kinds = TYPE_KINDS[qtype]
+    mine = sorted({f.code for f in facts if f.kind in kinds
+                   and (qtype != "trend" or len(f.numeric()) >= 2) and (qtype != "latest_value" or f.numeric())})
+    others = sorted({c for k in kinds for c, _ in pool.get(k, ())} - {f.code for f in facts})
+    chosen = list(rng.choice(mine, min(has_n, len(mine)), replace=False)) if mine else []
+    chosen += list(rng.choice(others, min(lacks_n, len(others)), replace=False)) if others else []
+    return [str(c) for c in chosen]
+
+
+def wording_split(held_out: int) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Per type, the wording indices trained on and those held out (the last `held_out`)."""
+    train = {q: list(range(len(w) - held_out)) for q, w in WORDINGS.items()}
+    test = {q: list(range(len(w) - held_out, len(w))) for q, w in WORDINGS.items()}
+    return train, test
+
+
+def generate_pairs(store: QAStore, subjects: list[str], wordings: dict[str, list[int]], seed: int = 0,
+                   all_wordings: bool = False, plan: QuestionPlan | None = None) -> list[QAPair]:
+    """QA pairs for `subjects` as of their reference time. Each question is asked in every wording of
+    `wordings` (`all_wordings`) or in one drawn per question (seeded by subject)."""
+    plan = plan or QuestionPlan()
+    pool = store.cohort_topics()
     out: list[QAPair] = []
-    topics = sorted(c for c in store.diagnosis_codes if store.describe(c))
     for subject in sorted(subjects):
-        if subject not in store.events:
+        when = store.reference_time(subject)
+        if when is None:
             continue
+        facts = store.facts(subject, when)
         rng = np.random.default_rng([seed, int(hashlib.sha256(subject.encode()).hexdigest()[:8], 16)])
-        for t in store.reference_times(subject, reference_times, rng):
-            has = sorted(c for c in store.diagnoses(subject, t) if store.describe(c))
-            lacks = [c for c in topics if c not in set(has)]
-            k = min(diagnoses_per_subject, len(has), len(lacks))
-            chosen = list(rng.choice(has, k, replace=False)) + list(rng.choice(lacks, k, replace=False)) if k else []
-            for code in chosen:
-                answer, events = diagnosis_answer(store, subject, t, str(code))
-                out.append(QAPair(subject, t, "diagnosis", diagnosis_question(clean_display(store.describe(code))),
-                                  answer, str(code), events))
-            answer, events = sbp_answer(store, subject, t)
-            out.append(QAPair(subject, t, "systolic_bp", SBP_QUESTION, answer, SBP, events))
-            answer, events, series = xray_answer(store, subject, t)
-            if answer is not None:
-                out.append(QAPair(subject, t, "chest_xray", XRAY_QUESTION, answer, None, events, series))
+        for qtype in QTYPES:
+            has_n, lacks_n = plan.per_type.get(qtype, (0, 0))
+            for code in _topics(store, qtype, facts, pool, has_n, lacks_n, rng):
+                fact = gold_fact(qtype, facts, code)
+                if qtype == "imaging_finding" and fact is not None and fact.label is None:
+                    continue  # an unlabelled X-ray: the record cannot check an answer
+                answer, events = render(store, qtype, fact, facts, when)
+                gold = None if not events or qtype == "encounter_count" else fact.code
+                name = store.names.get(code, "") if code else ""
+                choices = wordings[qtype] if all_wordings else [int(rng.choice(wordings[qtype]))]
+                for w in choices:
+                    out.append(QAPair(subject, when, qtype, WORDINGS[qtype][w].format(name=name), answer, w, code,
+                                      gold, events))
     return out
-
-
-# ---------------------------------------------------------------------- reading a free question
-def classify(question: str, store: QAStore) -> tuple[str | None, str | None]:
-    """(question type, diagnosis code) of a free-text question; (None, None) when it matches no template."""
-    q = question.strip().lower()
-    if "systolic" in q or "blood pressure" in q:
-        return "systolic_bp", None
-    if re.search(r"x-?ray|radiograph|pneumonia", q) and "diagnos" not in q:
-        return "chest_xray", None
-    m = re.search(r"diagnos\w*\s+(?:with\s+)?(.+?)\s*\??$", q)
-    if m:
-        name = m.group(1).strip()
-        coded = re.search(r"\b([A-Z]+/[\w.-]+)", question)
-        if coded and coded.group(1) in store.diagnosis_codes:
-            return "diagnosis", coded.group(1)
-        for code in sorted(store.diagnosis_codes):
-            if store.describe(code) and clean_display(store.describe(code)) == name:
-                return "diagnosis", code
-        return "diagnosis", None
-    return None, None
-
-
-def reference_answer(store: QAStore, subject: str, before: float, qtype: str | None, code: str | None
-                     ) -> tuple[str | None, list[dict], list[str]]:
-    """The answer the records give (None when they cannot), with its events and image series."""
-    if qtype == "systolic_bp":
-        return (*sbp_answer(store, subject, before), [])
-    if qtype == "chest_xray":
-        return xray_answer(store, subject, before)
-    if qtype == "diagnosis" and code:
-        return (*diagnosis_answer(store, subject, before, code), [])
-    return None, [], []

@@ -2,9 +2,12 @@
 
 For every thoracic CR/DX ImagingStudy in the shipped Synthea bundles, write one DICOM instance per
 listed instance, carrying that study's UIDs, date, modality and patient (PatientID = FHIR Patient.id).
-Its pixels are a real chest X-ray from the PneumoniaMNIST train split: a pneumonia image when the
-patient has a lower-respiratory condition (SNOMED codes below) active within +/-30 days of the
-study, else a normal one, drawn with a fixed seed. The pairing is synthetic; each part is real."""
+Its pixels are a real chest X-ray from the PneumoniaMNIST train split, of a class drawn per study with a
+fixed seed: pneumonia with probability `pneumonia_probability(record before the study)`, which rises
+with a lower-respiratory condition (SNOMED codes below) on record before the study and with age >= 60,
+else normal. So the record before the study says something of the class (a risk) and the X-ray says the
+rest (the draw itself is in the pixels only): the `xray_pneumonia` task is one where fusing the image
+with the record can beat either alone. The pairing is synthetic; each part is real."""
 from __future__ import annotations
 
 import csv
@@ -66,6 +69,32 @@ def respiratory_evidence(conditions: list[dict], when: datetime) -> list[str]:
     return sorted(set(hits))
 
 
+BASE_P, PRIOR_RESPIRATORY_P, AGE_P, AGE_YEARS = 0.2, 0.45, 0.25, 60
+
+
+def prior_respiratory(conditions: list[dict], when: datetime) -> list[str]:
+    """Lower-respiratory SNOMED codes with an onset before `when` (what the record before the study holds)."""
+    hits = []
+    for c in conditions:
+        codes = [cd["code"] for cd in c.get("code", {}).get("coding", []) if cd.get("code") in LOWER_RESPIRATORY]
+        onset = _when(c.get("onsetDateTime"))
+        if codes and onset and onset < when:
+            hits.extend(codes)
+    return sorted(set(hits))
+
+
+def pneumonia_probability(patient: dict, conditions: list[dict], when: datetime) -> float:
+    """P(pneumonia-class image) of a study at `when`: BASE_P, + PRIOR_RESPIRATORY_P with a lower-respiratory
+    condition before the study, + AGE_P at age >= AGE_YEARS (both are in the record before the study)."""
+    p = BASE_P
+    if prior_respiratory(conditions, when):
+        p += PRIOR_RESPIRATORY_P
+    birth = _when(patient.get("birthDate"))
+    if birth is not None and (when - birth).days >= AGE_YEARS * 365.25:
+        p += AGE_P
+    return min(p, 0.95)
+
+
 def _dicom(patient: dict, study: dict, series: dict, instance: dict, pixels: np.ndarray) -> Dataset:
     started = _when(series.get("started") or study.get("started"))
     name = (patient.get("name") or [{}])[0]
@@ -111,8 +140,10 @@ def make_linked_xrays(synthea_dir: str | Path, npz_path: str | Path, out_dir: st
     for bundle_path in sorted(Path(synthea_dir).glob("*.json.gz")):
         patient, studies, conditions = thoracic_studies(json.loads(gzip.open(bundle_path).read()))
         for study in sorted(studies, key=lambda s: s["identifier"][0]["value"]):
-            evidence = respiratory_evidence(conditions, _when(study.get("started")))
-            label = 1 if evidence else 0
+            when = _when(study.get("started"))
+            evidence = prior_respiratory(conditions, when)
+            p = pneumonia_probability(patient, conditions, when)
+            label = int(rng.random() < p)
             for series in study["series"]:
                 for instance in series.get("instance", []):
                     idx = int(rng.choice(pools[label]))
@@ -124,7 +155,8 @@ def make_linked_xrays(synthea_dir: str | Path, npz_path: str | Path, out_dir: st
                         "study_uid": ds.StudyInstanceUID, "series_uid": ds.SeriesInstanceUID,
                         "sop_instance_uid": ds.SOPInstanceUID, "patient_id": patient["id"], "modality": ds.Modality,
                         "study_date": ds.StudyDate, "label": label, "class": ["normal", "pneumonia"][label],
-                        "source_split": "train", "source_index": idx, "evidence": " ".join(evidence), "file": path.name,
+                        "source_split": "train", "source_index": idx, "evidence": " ".join(evidence),
+                        "p_pneumonia": round(p, 3), "file": path.name,
                     })
     manifest = out / "linkage.csv"
     with open(manifest, "w", newline="") as fh:

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import multiprocessing
 import os
+import re
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -80,7 +81,7 @@ class FhirIngest:
         """Ingest the FHIR files and folders of `sources`; returns the run's summary."""
         t0 = time.perf_counter()
         files = expand_sources(sources, FHIR_SUFFIXES)
-        _remove_orphan_shards(self.cohort)
+        remove_orphan_shards(self.cohort)
         self.manifest_empty = not ehr_store.has_resources(self.cohort)
         # the per-source loop only selects the new files here: they are parsed below, in worker processes
         # when that pays, and a bad file's records are quarantined one by one as they are applied
@@ -147,19 +148,22 @@ class FhirIngest:
         self.summary.subjects_added += added
         self.summary.records_written += records
         self.summary.items_written += events
+        people = self.batch.people  # names seen in earlier batches still scrub later notes
         self.batch = _Batch(self.cohort)
+        self.batch.people = people
 
-    def _quarantine(self, err: IngestError, path: Path, payload: bytes | None = None) -> None:
-        quarantine(self.cohort, MODALITY, self.summary, path, err, payload=payload)
+    def _quarantine(self, err: IngestError, path: Path, payload: bytes | None = None, checksum: str | None = None) -> None:
+        quarantine(self.cohort, MODALITY, self.summary, path, err, payload=payload, checksum=checksum)
 
     def _apply(self, parsed: ParsedFile, source: "_SourceFile") -> None:
         """The parent's half: quarantine, pseudonymous keys, duplicate checks, then the batch."""
         path = parsed.path
         self.summary.items_ignored += parsed.ignored
+        self.batch.people |= parsed.people
         for code, display in parsed.displays.items():
             self.displays.setdefault(code, display)
         for reason, record, fieldname, raw in parsed.bad:
-            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, raw)
+            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, raw, parsed.checksum)
         token = self.cohort.deid.token
         chunk: list[_Pending] = []
         for material, content, extracted, record, locator in parsed.good:
@@ -171,7 +175,7 @@ class FhirIngest:
         self._resolve(chunk, source, path)
         if parsed.file_error is not None:  # keep what was read before it; quarantine the raw file
             reason, record, fieldname = parsed.file_error
-            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path)
+            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, None, parsed.checksum)
 
     def _known(self, chunk: list[_Pending]) -> dict[str, str]:
         """Content hashes of the chunk's resource keys already in the manifest or in this batch."""
@@ -192,7 +196,7 @@ class FhirIngest:
                 self.summary.items_skipped_duplicate += 1
             else:
                 err = IngestError(path, "duplicate resource id with different content", record=p.record, field="id")
-                self._quarantine(err, path, p.raw())
+                self._quarantine(err, path, p.raw(), source.checksum)
 
 
 class _SourceFile:
@@ -204,7 +208,7 @@ class _SourceFile:
         self.n_quarantined = 0
 
 
-def _remove_orphan_shards(cohort: Cohort) -> None:
+def remove_orphan_shards(cohort: Cohort) -> None:
     """Shards written by a run that died before its manifest commit are not part of the cohort."""
     referenced: set[str] = set()
     for paths in cohort.record_paths([MODALITY, "text"]):
@@ -229,6 +233,7 @@ class _Batch:
         self.imaging: list[dict] = []
         self.notes: list[tuple] = []  # (subject, time, kind, text, file checksum)
         self.names: dict[str, list[str]] = {}  # subject -> own names, to scrub from notes
+        self.people: set[str] = set()  # practitioners' and other people's names, scrubbed from every note
         self.files: dict[str, _SourceFile] = {}
         self.subjects: dict[str, tuple[str, int]] = {}  # source patient id -> (pseudonym, shift)
 
@@ -296,10 +301,14 @@ class _Batch:
         return self._write(EVENTS_DIR, pa.table(columns, schema=EVENT_SCHEMA))
 
     def _write_notes(self) -> str:
-        """Narrative text with the patient's own names scrubbed (free text is the riskiest PHI carrier)."""
+        """Narrative text with the patient's own names and the names of the people the records mention
+        (practitioners, related persons) scrubbed (free text is the riskiest PHI carrier)."""
         if not self.notes:
             return ""
-        texts = [scrub_names(text, self.names.get(sid, [])) for sid, _, _, text, _ in self.notes]
+        people = (re.compile(r"\b(" + "|".join(map(re.escape, sorted(self.people, key=len, reverse=True))) + r")\b",
+                             re.IGNORECASE) if self.people else None)  # one pass for all of them
+        texts = [scrub_names(people.sub("[NAME]", text) if people else text, self.names.get(sid, []))
+                 for sid, _, _, text, _ in self.notes]
         return self._write(NOTES_DIR, pa.table({
             "subject_id": [n[0] for n in self.notes], "time": [n[1] for n in self.notes],
             "kind": [n[2] for n in self.notes], "text": texts}, schema=NOTE_SCHEMA))

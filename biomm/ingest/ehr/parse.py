@@ -4,6 +4,7 @@ keeps everything that needs the cohort: pseudonyms, duplicate checks, quarantine
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,35 @@ class ParsedFile:
     ignored: int = 0
     file_error: tuple[str, str | None, str | None] | None = None
     displays: dict[str, str] = field(default_factory=dict)
+    people: set[str] = field(default_factory=set)  # names of practitioners and other people, to scrub from notes
+
+
+PEOPLE_TYPES = ("Practitioner", "RelatedPerson", "Person")
+_REFERENCE_KEYS = ("participant", "requester", "performer", "recorder", "asserter", "author", "practitioner",
+                   "individual", "generalPractitioner", "provider", "encounter")
+
+
+def people_names(res: dict) -> set[str]:
+    """Name parts (2+ characters) of the people a resource names: the HumanNames of a Practitioner,
+    RelatedPerson or Person, and the `display` of its references to people (`participant.individual`,
+    `requester`, `performer`, ...). Narratives mention them, so notes are scrubbed of them too."""
+    out: set[str] = set()
+    if res.get("resourceType") in PEOPLE_TYPES:
+        for name in res.get("name") or ():
+            if isinstance(name, dict):
+                parts = [name.get("family"), *(name.get("given") or ()), *(name.get("prefix") or ())]
+                out.update(p for p in parts if isinstance(p, str) and len(p) > 1)
+    stack = [res.get(k) for k in _REFERENCE_KEYS]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            display = node.get("display")
+            if isinstance(display, str) and "reference" in node:
+                out.update(w for w in re.split(r"[\s.,]+", display) if len(w) > 1)
+            stack.extend(node.get(k) for k in ("individual", "actor", "who") if k in node)
+    return out
 
 
 def strict_validator():
@@ -77,6 +107,7 @@ def parse_pieces(path: Path, checksum: str, strict: bool, latest: datetime, piec
             if kind == "r5":
                 bad(ctx.error(f"R5-only resourceType {rtype!r} under R4", "resourceType"), raw)
                 continue
+            out.people |= people_names(res)
             if kind == "ignore":
                 out.ignored += 1
                 continue

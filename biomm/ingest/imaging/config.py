@@ -54,12 +54,27 @@ class PreprocessConfig(StrictModel):
     cache_dtype: Literal["float16", "float32"] = "float16"
 
 
+class DicomProfileConfig(StrictModel):
+    """Options of the DICOM PS3.15 basic confidentiality profile (Annex E) beyond the basic actions."""
+
+    clean_descriptors: bool = Field(
+        False, description="Clean Descriptors Option: keep free-text descriptions and comments (StudyDescription, "
+                           "SeriesDescription, ImageComments, ...) with the header's names, ids, addresses and "
+                           "every run of 4+ digits replaced, instead of removing them")
+    retain_safe_private: bool = Field(
+        False, description="Retain Safe Private Option: keep private elements whose VR is numeric (they cannot "
+                           "carry names) unless pydicom's private dictionaries name them a date, time, "
+                           "stamp, id or number; every other private element is removed")
+
+
 class DicomIngestConfig(StrictModel):
     """`biomm ingest dicom` / `dicomweb` config (configs/imaging/*.yaml)."""
 
     intensity: IntensityConfig = IntensityConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     deid: DeidConfig = DeidConfig()
+    profile: DicomProfileConfig = Field(default_factory=DicomProfileConfig,
+                                        description="PS3.15 profile options applied when de-identification is on")
     workers: int = Field(0, ge=0, description="Decoding processes; 0 = one per CPU core (at most one per series)")
     store_header: bool = Field(True, description="Keep the de-identified header of the first instance as imaging/<uid>.json")
     studies: list[str] = Field(default_factory=list, description="DICOMweb: StudyInstanceUIDs to pull; empty = every study the service lists")

@@ -204,7 +204,7 @@ class ImagingIngest:
                     err = IngestError(**res["error"])
                     for inst in job.instances:
                         c.quarantine(modality=MODALITY, source_path=inst.path, reason=err.reason, record=job.record_uid,
-                                     field=err.field)
+                                     field=err.field, source_checksum=inst.checksum)
                         batch.source(inst.checksum, inst.label, 0, 1)
                     s.quarantined += 1
                     s.quarantine.append(QuarantineEntry(source=err.source, record=job.record_uid, field=err.field,

@@ -72,17 +72,24 @@ def dicomdir_files(path: Path) -> list[Path]:
     return [Path(inst.path) for inst in fs if Path(inst.path).is_file()]
 
 
+SIDECAR_SUFFIXES = (".csv", ".tsv", ".txt", ".md", ".json", ".yaml", ".yml", ".xml", ".html", ".pdf", ".log",
+                    ".ini", ".py", ".sh")
+
+
 def discover(sources: list[str | Path]) -> tuple[list[Path], list[Path]]:
     """Files to read and DICOMDIR index files found: folders are walked recursively, DICOMDIRs expanded.
 
-    DICOM files often have no suffix, so every file in a folder is a candidate; hidden files are skipped."""
+    DICOM files often have no suffix, so every file in a folder is a candidate; hidden files and known
+    non-DICOM sidecars (`SIDECAR_SUFFIXES`: manifests, notes, CSV) are skipped. Files named explicitly are
+    always read, so that bad input still reaches quarantine."""
     files: list[Path] = []
     dirs: list[Path] = []
     for src in sources:
         p = Path(src)
         if not p.exists():
             raise FileNotFoundError(f"source not found: {p}")
-        candidates = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+        candidates = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                            and not f.name.lower().endswith(SIDECAR_SUFFIXES)) if p.is_dir() else [p]
         for f in candidates:
             if is_dicomdir(f):
                 dirs.append(f)
@@ -126,14 +133,30 @@ def read_header(inst: Instance, data: bytes | None = None) -> Header:
     )
 
 
+def _rank(h: Header) -> tuple[int, str]:
+    try:
+        size = h.instance.path.stat().st_size
+    except OSError:
+        size = 0
+    return size, h.instance.checksum
+
+
 def group_series(headers: list[Header]) -> list[SeriesGroup]:
     """Series in first-seen order, keyed by (study, series) UID since some generators reuse series UIDs
-    across studies; instances repeated by SOPInstanceUID (the same instance twice) are dropped."""
+    across studies; of instances repeated by SOPInstanceUID (the same instance twice) one is kept: the
+    largest file (a truncated copy is smaller than its intact twin), ties by checksum, so the choice does
+    not depend on the order files were found."""
     groups: dict[tuple[str, str], SeriesGroup] = {}
+    where: dict[tuple[str, str, str], int] = {}  # (study, series, SOP UID) -> index in the group's headers
     for h in headers:
         key = (h.study_uid, h.series_uid)
         g = groups.setdefault(key, SeriesGroup(h.series_uid, h.study_uid, h.patient_id, h.modality))
-        if h.sop_instance_uid and any(o.sop_instance_uid == h.sop_instance_uid for o in g.headers):
-            continue
+        if h.sop_instance_uid:
+            i = where.get((*key, h.sop_instance_uid))
+            if i is not None:
+                if _rank(h) > _rank(g.headers[i]):
+                    g.headers[i] = h
+                continue
+            where[(*key, h.sop_instance_uid)] = len(g.headers)
         g.headers.append(h)
     return list(groups.values())

@@ -180,14 +180,15 @@ def _process(job: SeriesJob) -> dict[str, Any]:
         "photometric": str(ds.get("PhotometricInterpretation", "")),
         "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""),
     }
-    deidentify(ds, job.deid, job.subject_id, job.shift_days)
+    deidentify(ds, job.deid, job.subject_id, job.shift_days, cfg.profile)
     study_date = str(ds.get("StudyDate", "") or "") or None
     cache = job.imaging_dir / f"{job.record_uid}.npz"
     cache_sha256 = write_cache(cache, image, affine, geo.affine, list(geo.spacing[:rank]), cfg.preprocess.cache_dtype)
     header_rel = None
     if cfg.store_header:
         header = job.imaging_dir / f"{job.record_uid}.json"
-        atomic_write_bytes(header, json.dumps(header_json(ds), sort_keys=True).encode())
+        keep_private = cfg.profile.retain_safe_private and job.deid.enabled  # Retain Safe Private option
+        atomic_write_bytes(header, json.dumps(header_json(ds, keep_private), sort_keys=True).encode())
         header_rel = f"imaging/{header.name}"
     return {
         "ok": True,

@@ -21,7 +21,7 @@ from biomm.ingest.base import IngestError, IngestSummary, Source, for_each_sourc
 from biomm.ingest.omics.config import OmicsIngestConfig
 from biomm.ingest.omics.preprocess import annotate_genes, choose_matrix, highly_variable, per_cell_steps, working_adata
 from biomm.ingest.omics.read import OmicsSource, discover, read_source, source_checksum
-from biomm.ingest.omics.validate import check_names
+from biomm.ingest.omics.validate import check_gene_ids, check_names
 from biomm.store.atomic import atomic_path, sha256_file
 from biomm.store.cohort import Cohort
 from biomm.vocab.genes import GeneVocab
@@ -47,7 +47,7 @@ def _process_in_memory(src: OmicsSource, source: str, cfg: OmicsIngestConfig) ->
     steps.append(f"filter_genes(min_cells={cfg.qc.min_cells}): {before - a.n_vars} genes dropped")
     a.var["highly_variable"], hvg_step = highly_variable(a, cfg, rep.state)
     steps.append(hvg_step)
-    return a, {"state": rep.state, "notes": notes, "steps": steps, "stats": rep.stats}
+    return a, {"state": rep.state, "kind": rep.kind, "notes": notes, "steps": steps, "stats": rep.stats}
 
 
 def _process_chunked(src: OmicsSource, source: str, cfg: OmicsIngestConfig, out: Path, vocab: GeneVocab,
@@ -76,7 +76,7 @@ def _process_chunked(src: OmicsSource, source: str, cfg: OmicsIngestConfig, out:
         # concat_on_disk picks its format from the suffix: write .h5ad, then move onto `out`
         ad.experimental.concat_on_disk(parts, Path(tmp) / "all.h5ad", merge="same")
         os.replace(Path(tmp) / "all.h5ad", out)
-    info = {"state": rep.state, "notes": notes, "steps": steps, "stats": rep.stats}
+    info = {"state": rep.state, "kind": rep.kind, "notes": notes, "steps": steps, "stats": rep.stats}
     return info, cov, pd.concat(obs_parts), len(hvg)
 
 
@@ -108,6 +108,7 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
         raise IngestError(source, f"label column(s) {missing} not in obs; obs has {list(src.adata.obs.columns)}",
                           field="obs")
     check_names(src.adata, source)
+    scheme = check_gene_ids(src.adata, source, vocab.coverage(src.adata.var_names), cfg.min_gene_id_fraction)
     out = cohort.path("omics", f"{checksum[:16]}.h5ad")
     out.parent.mkdir(parents=True, exist_ok=True)
     chunked = src.backed or src.adata.n_obs > cfg.max_in_memory_cells
@@ -131,6 +132,9 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
         src.adata.file.close()
     notes = src.notes + info["notes"]
     summary.warnings.extend(f"{path.name}: {n}" for n in notes)
+    summary.warnings.append(f"{path.name}: values are {info['kind']} ({info['state']}); steps: {'; '.join(info['steps'])}")
+    summary.details[source] = {"state": info["state"], "value_kind": info["kind"], "gene_id_scheme": scheme,
+                               "steps": list(info["steps"])}
     if n_cells < n_in:
         summary.items_ignored += n_in - n_cells
         summary.warnings.append(f"{path.name}: {n_in - n_cells} of {n_in} cells removed by QC ({'; '.join(info['steps'][:2])})")
@@ -143,7 +147,8 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
         summary.subjects_added += _register_cells(cohort, cells, label_keys, cohort.source_label(path, checksum))
         rel = cohort.relative(out)
         cohort.add_record(f"omics:{checksum[:16]}", "", MODALITY, rel, sha256_file(out), cohort.source_label(path, checksum),
-                          checksum, n_cells, {"format": src.fmt, "state": info["state"], "notes": notes,
+                          checksum, n_cells, {"format": src.fmt, "state": info["state"], "value_kind": info["kind"],
+                                              "gene_id_scheme": scheme, "notes": notes,
                                               "steps": info["steps"], "n_cells_in": n_in, "n_cells": n_cells,
                                               "n_genes": n_vars, "vocab_coverage": cov, "label_keys": label_keys,
                                               "chunked": chunked})
@@ -153,7 +158,7 @@ def _ingest_one(cohort: Cohort, path: Path, checksum: str, cfg: OmicsIngestConfi
 
 
 def _uns(info: dict, cov: dict, checksum: str, cfg: OmicsIngestConfig, mods: dict | None = None) -> dict:
-    out = {"source_state": info["state"], "steps": list(info["steps"]), "notes": list(info["notes"]),
+    out = {"source_state": info["state"], "source_value_kind": info["kind"], "steps": list(info["steps"]), "notes": list(info["notes"]),
            "source_checksum": checksum, "vocab_fraction": float(cov["fraction"]),
            "tokens": cfg.tokens.model_dump_json()}
     if mods:

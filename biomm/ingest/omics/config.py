@@ -28,6 +28,8 @@ class OmicsIngestConfig(StrictModel):
     tokens: GeneTokenizerConfig = GeneTokenizerConfig()
     label_keys: list[str] = Field(default_factory=list, description="obs columns copied to the cohort's labels table")
     min_vocab_fraction: float = Field(0.8, ge=0, le=1, description="Warn when fewer genes map to the gene vocabulary")
+    min_gene_id_fraction: float = Field(0.2, ge=0, le=1, description="Quarantine a file when fewer of its gene ids map "
+                                        "to the vocabulary (an unknown gene-id scheme)")
     rna_modality: str | None = Field(None, description="MuData: the expression modality (default: 'rna', else the one best mapped to genes)")
     backed_above_mb: float = Field(1024, gt=0, description=".h5ad files larger than this open backed (lazily)")
     max_in_memory_cells: int = Field(300_000, ge=1, description="Above this, preprocess in chunks of chunk_cells")

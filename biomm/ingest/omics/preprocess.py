@@ -1,5 +1,8 @@
 """The scanpy recipe, chosen by what the matrix holds: QC metrics, cell/gene filters,
-normalize_total, log1p and highly variable genes; raw counts kept in `layers["counts"]`."""
+normalize_total (counts only), log1p (counts, CPM and FPKM / RPKM / TPM values) and highly variable
+genes (a counts-only flavour switches to `seurat` on other input, with the reason in the steps);
+raw counts kept in `layers["counts"]`. An all-zero gene or a cell with one expressed gene passes
+through without NaN or overflow."""
 from __future__ import annotations
 
 import anndata as ad
@@ -9,8 +12,8 @@ import scipy.sparse as sp
 
 from biomm.ingest.base import IngestError
 from biomm.ingest.omics.config import OmicsIngestConfig
-from biomm.vocab.genes import GeneVocab
 from biomm.ingest.omics.validate import COUNT_LAYERS, MatrixReport, inspect_matrix
+from biomm.vocab.genes import GeneVocab
 
 
 def choose_matrix(adata: ad.AnnData, source: str) -> tuple[object, ad.AnnData | None, MatrixReport, list[str]]:
@@ -61,7 +64,9 @@ def per_cell_steps(a: ad.AnnData, state: str, cfg: OmicsIngestConfig) -> tuple[a
         a.layers["counts"] = a.X.copy()
         sc.pp.normalize_total(a, target_sum=cfg.target_sum)
         steps.append(f"normalize_total(target_sum={cfg.target_sum:g})")
-    if state in ("counts", "normalized"):
+    if state in ("counts", "normalized", "length-normalized"):
+        if state == "length-normalized":  # FPKM / TPM: already normalised per cell and gene length
+            steps.append("normalize_total skipped (length-normalised input)")
         sc.pp.log1p(a)
         steps.append("log1p")
     return a, steps
@@ -69,13 +74,26 @@ def per_cell_steps(a: ad.AnnData, state: str, cfg: OmicsIngestConfig) -> tuple[a
 
 def highly_variable(a: ad.AnnData, cfg: OmicsIngestConfig, state: str) -> tuple[np.ndarray, str]:
     """Boolean mask of highly variable genes over `a`'s genes."""
-    n = min(cfg.n_top_genes, a.n_vars)
-    flavor = cfg.hvg_flavor
+    flavor, why = cfg.hvg_flavor, ""
     if flavor == "seurat_v3" and "counts" not in a.layers:
-        flavor = "seurat"  # seurat_v3 models raw counts, which this input lacks
+        flavor = "seurat"
+        why = f" (seurat_v3 models raw counts; this input is {state}: switched to seurat)"
+    x = a.layers["counts"] if flavor == "seurat_v3" else a.X
+    sq = x.multiply(x) if sp.issparse(x) else np.square(x)
+    mean = np.asarray(x.mean(0)).ravel()
+    varies = np.asarray(sq.mean(0)).ravel() - mean**2 > 0  # an all-zero or constant gene has no dispersion
+    hv = np.zeros(a.n_vars, dtype=bool)
+    n = min(cfg.n_top_genes, int(varies.sum()))
+    if n == 0:
+        return hv, "highly_variable_genes: no gene varies across cells (none flagged)"
+    sub = a[:, varies]
     kw = {"layer": "counts"} if flavor == "seurat_v3" else {}
-    res = sc.pp.highly_variable_genes(a, n_top_genes=n, flavor=flavor, inplace=False, **kw)
-    return res["highly_variable"].to_numpy(dtype=bool), f"highly_variable_genes(n_top_genes={n}, flavor={flavor})"
+    if n >= sub.n_vars:
+        hv[varies] = True
+        return hv, f"highly_variable_genes: all {n} varying genes flagged (n_top_genes={cfg.n_top_genes}){why}"
+    res = sc.pp.highly_variable_genes(sub, n_top_genes=n, flavor=flavor, inplace=False, **kw)
+    hv[np.flatnonzero(varies)] = res["highly_variable"].to_numpy(dtype=bool)
+    return hv, f"highly_variable_genes(n_top_genes={n}, flavor={flavor}){why}"
 
 
 def annotate_genes(a: ad.AnnData, vocab: GeneVocab) -> dict:

@@ -14,6 +14,7 @@ def summary(cohort: Cohort) -> dict:
     for r in cohort.records(MODALITY):
         p = json.loads(r["provenance"]) if isinstance(r["provenance"], str) else (r["provenance"] or {})
         files.append({"path": r["path"], "cells": r["n_items"], "genes": p.get("n_genes"), "state": p.get("state"),
+                      "value_kind": p.get("value_kind"),
                       "format": p.get("format"), "vocab_fraction": round(p.get("vocab_coverage", {}).get("fraction", 0), 3),
                       "label_keys": p.get("label_keys", [])})
     return {"files": len(files), "cells": sum(f["cells"] or 0 for f in files),

@@ -1,17 +1,23 @@
-"""Check an expression matrix and say what it holds: raw counts, normalised, log-normalised or scaled.
+"""Check an expression matrix and say what it holds: raw counts, per-cell normalised counts (CPM,
+normalize_total), length-normalised values (FPKM / RPKM / TPM: non-integer, non-negative, unlogged),
+log-normalised values, or scaled (z-scored) values.
 
-Works chunk by chunk over rows (backed files included) and never densifies the whole matrix."""
+Works chunk by chunk over rows (backed files included), never densifies the whole matrix and never
+exponentiates a value that could overflow (expm1 runs only on matrices whose maximum is below 30)."""
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from biomm.ingest.base import IngestError
 
-State = Literal["counts", "normalized", "log-normalized", "log", "scaled", "empty"]
+State = Literal["counts", "normalized", "length-normalized", "log-normalized", "log", "scaled", "empty"]
+LOG_MAX = 30.0  # log1p of any real expression value stays far below this; above it the values are not logged
 COUNT_LAYERS = ("counts", "raw_counts", "count", "umi")
 
 
@@ -20,6 +26,7 @@ class MatrixReport:
     """What a matrix holds (counts, normalized, log, scaled, empty), its size and the reason, with statistics."""
 
     state: State
+    kind: str  # the value kind in words: "raw counts", "CPM", "TPM", "FPKM/RPKM", "log1p(normalised counts)", ...
     n_obs: int
     n_vars: int
     nnz: int
@@ -90,26 +97,35 @@ def inspect_matrix(x, source: str, what: str = "X", chunk: int = 10_000) -> Matr
              "mean_abs_gene_mean": float(np.abs(mean).mean()), "median_gene_sd": float(np.median(sd))}
     if n_neg:
         if stats["mean_abs_gene_mean"] < 0.1 and 0.5 < stats["median_gene_sd"] < 1.5:
-            return MatrixReport("scaled", n_obs, n_vars, nnz,
+            return MatrixReport("scaled", "z-scored", n_obs, n_vars, nnz,
                                 f"{what} is scaled (z-scored: gene means ~0, sd ~1, {n_neg} negative values); "
                                 "expression cannot be recovered from it", stats)
         raise IngestError(source, f"{what} holds {n_neg} negative values (min {vmin:g}) but is not z-scored: "
                                   "negative counts are invalid", field=what)
     if integer:
-        return MatrixReport("counts", n_obs, n_vars, nnz, f"{what} holds raw counts (non-negative integers, max {vmax:g})", stats)
-    logged = sample.copy()
-    logged.data = np.expm1(logged.data.astype(np.float64))
-    if _unit_multiples(logged):
-        return MatrixReport("log-normalized", n_obs, n_vars, nnz,
-                            f"{what} is log-normalised (log1p of per-cell scaled counts, max {vmax:.3g})", stats)
-    if _unit_multiples(sample):
-        return MatrixReport("normalized", n_obs, n_vars, nnz,
-                            f"{what} is normalised counts, not log-transformed (max {vmax:.3g})", stats)
-    if vmax < 30:
-        return MatrixReport("log", n_obs, n_vars, nnz,
+        return MatrixReport("counts", "raw counts", n_obs, n_vars, nnz,
+                            f"{what} holds raw counts (non-negative integers, max {vmax:g})", stats)
+    if vmax < LOG_MAX:
+        logged = sample.copy()
+        logged.data = np.expm1(logged.data.astype(np.float64))  # safe: every value is below LOG_MAX
+        if _unit_multiples(logged):
+            return MatrixReport("log-normalized", "log1p(normalised counts)", n_obs, n_vars, nnz,
+                                f"{what} is log-normalised (log1p of per-cell scaled counts, max {vmax:.3g})", stats)
+        return MatrixReport("log", "log (unknown normalisation)", n_obs, n_vars, nnz,
                             f"{what} looks log-transformed (non-integer, max {vmax:.3g}) with unknown normalisation", stats)
-    return MatrixReport("normalized", n_obs, n_vars, nnz,
-                        f"{what} looks normalised but not log-transformed (non-integer, max {vmax:.3g})", stats)
+    row_sums = np.asarray(sample.sum(axis=1)).ravel()
+    row_sums = row_sums[row_sums > 0]
+    # CPM / TPM cells sum to a million (a few genes zeroed or dropped move that little)
+    per_million = row_sums.size > 0 and float(np.mean(np.abs(row_sums / 1e6 - 1) < 0.05)) > 0.9
+    stats["median_cell_total"] = float(np.median(row_sums)) if row_sums.size else 0.0
+    if _unit_multiples(sample):
+        kind = "CPM" if per_million else "per-cell scaled counts"
+        return MatrixReport("normalized", kind, n_obs, n_vars, nnz,
+                            f"{what} holds {kind} (counts scaled per cell, not log-transformed, max {vmax:.3g})", stats)
+    kind = "TPM" if per_million else "FPKM/RPKM"
+    return MatrixReport("length-normalized", kind, n_obs, n_vars, nnz,
+                        f"{what} holds length-normalised values ({kind}: non-integer, non-negative, not logged, "
+                        f"max {vmax:.3g})", stats)
 
 
 def check_names(adata, source: str) -> None:
@@ -120,3 +136,30 @@ def check_names(adata, source: str) -> None:
             raise IngestError(source, f"{names.duplicated().sum()} duplicate {what} names (e.g. {dups}); "
                                       f"make them unique (e.g. adata.{'var' if axis else 'obs'}_names_make_unique())",
                               field="var_names" if axis else "obs_names")
+
+
+_SCHEMES = (("Ensembl (human)", re.compile(r"^ENSG\d{11}(\.\d+)?$", re.IGNORECASE)),
+            ("Ensembl (non-human)", re.compile(r"^ENS[A-Z]{1,6}G\d{11}(\.\d+)?$", re.IGNORECASE)),
+            ("Entrez", re.compile(r"^\d+$")),
+            ("RefSeq", re.compile(r"^[NX][MR]_\d+(\.\d+)?$", re.IGNORECASE)),
+            ("probe ids", re.compile(r"^\d+(_[a-z]+)?_at$", re.IGNORECASE)))
+
+
+def gene_id_scheme(names) -> str:
+    """The id scheme most gene names follow: Ensembl (human / non-human), Entrez, RefSeq, probe ids or symbols."""
+    names = [str(n) for n in list(names)[:2000]]
+    counts = {label: sum(bool(rx.match(n)) for n in names) for label, rx in _SCHEMES}
+    label, hits = max(counts.items(), key=lambda kv: kv[1])
+    return label if names and hits > 0.5 * len(names) else "symbols"
+
+
+def check_gene_ids(adata, source: str, coverage: dict, min_fraction: float) -> str:
+    """Refuse a file whose gene ids the gene vocabulary cannot read (an unknown id scheme, or
+    non-human genes): fewer than `min_fraction` of them map. Returns the id scheme."""
+    scheme = gene_id_scheme(adata.var_names)
+    if coverage["fraction"] < min_fraction:
+        raise IngestError(source, f"only {coverage['n_mapped']} of {coverage['n_genes']} gene ids "
+                                  f"({coverage['fraction']:.0%}) map to the human gene vocabulary; the ids look like "
+                                  f"{scheme} (e.g. {coverage['unmapped_examples'][:5]}): unknown gene-id scheme; give "
+                                  "human gene symbols, Ensembl ENSG ids or Entrez ids", field="var_names")
+    return scheme

@@ -19,3 +19,9 @@ class SequenceIngestConfig(StrictModel):
     dna_max_tokens: int = Field(1000, ge=2, description="Nucleotide Transformer context in tokens; longer ones are reported")
     dna_kmer: int = Field(6, ge=1, le=8)
     tokenizer_dir: str | None = Field(None, description="A local pretrained transformers tokenizer overriding the built-ins")
+    label_from: str | None = Field(
+        None, pattern=r"^(filename|header:[A-Za-z0-9_.\-]+)$",
+        description="Where each sequence's label comes from: 'filename' (the file's name without its suffixes, "
+                    "e.g. one file per class) or 'header:KEY' (a KEY=value token of the header); stored in the "
+                    "cohort's labels under label_name")
+    label_name: str = Field("label", min_length=1, description="Name of the cohort label written from label_from")

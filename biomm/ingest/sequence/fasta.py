@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from biomm.ingest.base import (IngestError, IngestSummary, Source, expand_sources, for_each_source, open_cohort,
                                quarantine, reader_config)
 from biomm.ingest.sequence.config import SequenceIngestConfig
-from biomm.ingest.sequence.read import check_sequence, link_from_header, read_fasta
+from biomm.ingest.sequence.read import check_sequence, filename_label, header_label, link_from_header, read_fasta
 from biomm.store.atomic import atomic_path, sha256_file
 from biomm.store.cohort import Cohort
 from biomm.store.sequences import sequence_hashes
@@ -48,6 +48,9 @@ def _ingest_file(cohort: Cohort, path: Path, checksum: str, cfg: SequenceIngestC
     subjects = set(cohort.subjects())
     label = cohort.source_label(path, checksum)
     rows, bad = [], 0
+    labels: dict[str, str] = {}  # subject id -> label (cfg.label_from)
+    label_key = cfg.label_from.split(":", 1)[1] if cfg.label_from and cfg.label_from.startswith("header:") else None
+    file_label = filename_label(path) if cfg.label_from == "filename" else None
     try:
         records = list(read_fasta(path))
     except (ValueError, OSError, EOFError) as exc:
@@ -59,6 +62,9 @@ def _ingest_file(cohort: Cohort, path: Path, checksum: str, cfg: SequenceIngestC
             if not rec.id:
                 raise ValueError("record has an empty id ('>' with no name)")
             seq, alpha = check_sequence(rec.sequence, cfg.alphabet)
+            value = header_label(rec.description, label_key) if label_key else file_label
+            if label_key and value is None:
+                raise ValueError(f"label key {label_key!r} missing from the header (--label-from {cfg.label_from})")
         except ValueError as exc:
             bad += 1
             _quarantine(cohort, path, rec.id or f"line {rec.line}", str(exc), rec.raw, summary)
@@ -78,9 +84,13 @@ def _ingest_file(cohort: Cohort, path: Path, checksum: str, cfg: SequenceIngestC
         link = links.get(rec.id) or (link_from_header(regex, f"{rec.id} {rec.description}") if regex else None)
         gene = vocab.token_id(link) if link else vocab.unk_id
         kind = None if not link else ("gene" if gene > vocab.unk_id else "subject" if link in subjects else "unresolved")
+        # a sequence linked to a cohort subject (a patient) is that subject's; any other sequence is a subject itself
+        subject = link if kind == "subject" else rec.id
+        if value is not None:
+            labels[subject] = value
         rows.append({"sequence_id": rec.id, "description": rec.description, "alphabet": alpha, "sequence": seq,
                      "length": len(seq), "n_tokens": n_tokens, "too_long": n_tokens > limit, "sha256": sha,
-                     "link": link, "link_kind": kind, "gene_token_id": int(gene) if kind == "gene" else None,
+                     "link": link, "link_kind": kind, "gene_token_id": int(gene) if kind == "gene" else None, "subject_id": subject,
                      "source": label, "source_checksum": checksum})
     too_long = sum(r["too_long"] for r in rows)
     if too_long:
@@ -106,6 +116,11 @@ def _ingest_file(cohort: Cohort, path: Path, checksum: str, cfg: SequenceIngestC
                                                     "tokenizers": {a: t.name for a, t in toks.items()}})
             summary.records_written += 1
             summary.items_written += len(rows)
+        own = [r["subject_id"] for r in rows if r["link_kind"] != "subject"]
+        summary.subjects_added += cohort.add_subjects(((sid, 0) for sid in own), kind="sequence",
+                                                      created_by="ingest-fasta")
+        if labels:
+            cohort.replace_labels(cfg.label_name, list(labels), list(labels.values()), source=f"fasta:{cfg.label_from}")
         cohort.mark_source(checksum, MODALITY, label, len(rows), bad)
 
 

@@ -13,6 +13,7 @@ Alphabet = Literal["dna", "protein", "auto"]
 _DNA = frozenset(DNA_IUPAC)
 _PROTEIN = frozenset(PROTEIN_LETTERS)
 _PLAIN_DNA = frozenset("ACGTN")
+MIN_DETECT_LENGTH = 12  # shorter peptides may be made of A/C/G/T letters by chance
 
 
 @dataclass
@@ -67,11 +68,16 @@ def check_sequence(seq: str, alphabet: Alphabet) -> tuple[str, str]:
     s = seq.upper()
     if alphabet in ("protein", "auto") and s.endswith("*"):
         s = s[:-1]
+    detected = detect_alphabet(s)
     if alphabet == "auto":
-        # DNA when every letter is an IUPAC nucleotide code and most are A/C/G/T/N: a protein
-        # made of those letters only is implausible at that composition
-        plain = sum(ch in _PLAIN_DNA for ch in s)
-        alphabet = "dna" if set(s) <= _DNA and plain >= 0.75 * len(s) else "protein"
+        alphabet = detected
+    elif alphabet == "protein" and set(s) <= _DNA and _plain_share(s) >= 0.9 and len(s) >= MIN_DETECT_LENGTH:
+        # stricter than 'auto': a cysteine-rich peptide (S, C, T, V) can pass the 75% rule
+        raise ValueError(f"looks like DNA ({_plain_share(s):.0%} A/C/G/T/N, only nucleotide codes) but is ingested "
+                         "as protein: use --alphabet dna (or auto)")
+    elif alphabet == "dna" and set(s) <= _PROTEIN and not set(s) <= _DNA and _plain_share(s) < 0.75:
+        raise ValueError(f"looks like protein (amino-acid letters {''.join(sorted(set(s) - _DNA))}) but is "
+                         "ingested as DNA: use --alphabet protein (or auto)")
     allowed = _DNA if alphabet == "dna" else _PROTEIN
     for i, ch in enumerate(s):
         if ch not in allowed:
@@ -89,3 +95,32 @@ def link_from_header(regex: re.Pattern, header: str) -> str | None:
     if "link" in regex.groupindex:
         return m.group("link")
     return m.group(1) if regex.groups else m.group(0)
+
+
+def _plain_share(s: str) -> float:
+    return sum(ch in _PLAIN_DNA for ch in s) / max(len(s), 1)
+
+
+def detect_alphabet(seq: str) -> str:
+    """'dna' when every letter of the (upper-case) sequence is an IUPAC nucleotide code and at least 75%
+    are A/C/G/T/N (a protein of those letters only is implausible at that composition), else 'protein'."""
+    return "dna" if set(seq) <= _DNA and _plain_share(seq) >= 0.75 else "protein"
+
+
+def header_label(description: str, key: str) -> str | None:
+    """The value of `KEY=value` (or `KEY:value`) among the header's whitespace- or `|`-separated tokens; None without one."""
+    for token in re.split(r"[\s|;]+", description):
+        for sep in ("=", ":"):
+            name, found, value = token.partition(sep)
+            if found and name == key and value:
+                return value
+    return None
+
+
+def filename_label(path: str | Path) -> str:
+    """A file's name without its FASTA (and .gz) suffixes: `amp.fa.gz` -> `amp`."""
+    name = Path(path).name
+    for suffix in (".gz", ".fasta", ".fa", ".fna", ".faa"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name

@@ -3,7 +3,20 @@
 
 const $ = (id) => document.getElementById(id);
 const SVGNS = "http://www.w3.org/2000/svg";
-const state = { token: sessionStorage.getItem("biomm-token") || "", subject: null, offset: 0, limit: 50, total: 0, objectUrls: [] };
+const state = { token: sessionStorage.getItem("biomm-token") || "", subject: null, offset: 0, limit: 50, total: 0, objectUrls: [], subjects: [], nSubjects: 0 };
+const ENCOUNTER_CLASS = { AMB: "ambulatory visit", IMP: "inpatient stay", EMER: "emergency visit", ACUTE: "acute inpatient stay",
+  NONAC: "non-acute inpatient stay", OBSENC: "observation stay", PRENC: "pre-admission", SS: "short stay", VR: "virtual visit",
+  HH: "home health visit", FLD: "field visit" };
+const KIND_LABEL = { encounters: "encounter", conditions: "condition / procedure", medications: "medication", labs: "lab / vital",
+  images: "image", demographics: "demographics" };
+
+// A number with sensible precision (4 significant digits, no float noise) and its unit, case kept: "138.5 mm[Hg]".
+function fmtValue(v, unit) {
+  if (v == null || Number.isNaN(Number(v))) return "";
+  const n = Number(v), a = Math.abs(n);
+  const text = a >= 1000 ? String(Math.round(n)) : String(Number(n.toPrecision(4)));
+  return unit ? `${text} ${unit}` : text;
+}
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -41,7 +54,8 @@ async function login(token) {
     const info = await api("/model");
     sessionStorage.setItem("biomm-token", token);
     $("model-name").textContent = `model ${info.model} · ${info.subjects} subjects`;
-    $("login").hidden = true; $("whoami").hidden = false; $("app").hidden = false; showError("");
+    state.nSubjects = info.subjects;
+    $("login").hidden = true; $("before-login").hidden = true; $("whoami").hidden = false; $("app").hidden = false; showError("");
     const sel = $("task-select"); sel.replaceChildren(...info.tasks.map((t) => el("option", { value: t }, t)));
     $("task-form").hidden = info.tasks.length === 0;
     await loadSubjects();
@@ -49,18 +63,26 @@ async function login(token) {
 }
 function logout() {
   sessionStorage.removeItem("biomm-token"); state.token = "";
-  $("login").hidden = false; $("whoami").hidden = true; $("app").hidden = true; $("model-name").textContent = "";
+  $("login").hidden = false; $("before-login").hidden = false; $("whoami").hidden = true; $("app").hidden = true; $("model-name").textContent = "";
 }
 
 // ------------------------------------------------------------------ subjects
 let filterTimer = null;
+function subjectFacts(s) {
+  return [s.sex, s.age_band ? `age ${s.age_band}` : null, s.encounters != null ? `${s.encounters} visits` : null,
+    s.last_visit ? `last ${s.last_visit}` : null].filter(Boolean).join(" · ");
+}
 async function loadSubjects() {
-  const q = $("subject-filter").value.trim();
-  const data = await api("/subjects?limit=1000" + (q ? "&q=" + encodeURIComponent(q) : ""));
-  $("subject-count").textContent = `${data.total} subjects`;
-  $("subject-list").replaceChildren(...data.subjects.map((s) => el("li", {},
+  if (!state.subjects.length) state.subjects = (await api("/subjects?limit=1000")).subjects;
+  const words = $("subject-filter").value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+  const shown = state.subjects.filter((s) => {
+    const hay = `${s.subject_id} ${s.sex || ""} ${s.age_band ? "age " + s.age_band : ""} ${s.modalities.join(" ")}`.toLowerCase();
+    return words.every((w) => hay.includes(w));
+  });
+  $("subject-count").textContent = `${shown.length} of ${state.subjects.length} subjects`;
+  $("subject-list").replaceChildren(...shown.map((s) => el("li", {},
     el("button", { type: "button", "data-subject": s.subject_id, onclick: () => openSubject(s.subject_id) },
-      s.subject_id, el("small", {}, s.modalities.join(" · "))))));
+      s.subject_id, el("small", { class: "facts" }, subjectFacts(s)), el("small", { class: "facts" }, s.modalities.join(" · "))))));
 }
 
 async function openSubject(id) {
@@ -80,15 +102,39 @@ async function openSubject(id) {
 }
 
 // ------------------------------------------------------------------ timeline
+// Events newest first, one header row per visit day naming that day's encounter(s).
+function eventRows(events) {
+  const rows = [];
+  let day = null;
+  events.forEach((e, i) => {
+    const d = (e.time || "").slice(0, 10);
+    if (d !== day) {
+      day = d;
+      const visits = events.filter((o) => (o.time || "").slice(0, 10) === d && o.kind === "encounters")
+        .map((o) => `${o.description || o.code}${ENCOUNTER_CLASS[o.text] ? " (" + ENCOUNTER_CLASS[o.text] + ")" : ""}`);
+      rows.push(el("tr", { class: "visit" }, el("td", { colspan: 5 }, `${d || "undated"}${visits.length ? " · " + [...new Set(visits)].join("; ") : ""}`)));
+    }
+    const what = e.description || e.code;
+    const extra = e.kind === "encounters" ? ENCOUNTER_CLASS[e.text] || e.text : e.kind === "images" ? "" : e.text;
+    rows.push(el("tr", { "data-kind": e.kind || "" },
+      el("td", {}, (e.time || "").slice(11, 16)), el("td", {}, what, extra && !String(extra).includes("/") ? el("small", { class: "muted" }, ` ${extra}`) : ""),
+      el("td", { class: "num" }, fmtValue(e.value, e.unit)), el("td", {}, KIND_LABEL[e.kind] || e.kind || ""), el("td", { class: "code" }, e.code)));
+  });
+  return rows;
+}
+
 async function loadTimeline(withChart) {
-  const code = $("code-filter").value.trim();
-  const t = await api(`/subjects/${encodeURIComponent(state.subject)}/timeline?limit=${state.limit}&offset=${state.offset}` + (code ? "&code=" + encodeURIComponent(code) : ""));
-  state.total = t.total;
+  const code = $("code-filter").value.trim(), kind = $("kind-filter").value;
+  const notesOnly = kind === "notes";
+  const t = await api(`/subjects/${encodeURIComponent(state.subject)}/timeline?order=desc&limit=${state.limit}&offset=${state.offset}`
+    + (code ? "&code=" + encodeURIComponent(code) : "") + (kind && !notesOnly ? "&kind=" + encodeURIComponent(kind) : ""));
+  state.total = notesOnly ? t.notes.length : t.total;
   $("event-count").textContent = `(${t.total} events)`;
-  $("event-page").textContent = t.total ? `${state.offset + 1}–${Math.min(state.offset + state.limit, t.total)} of ${t.total}` : "no events";
-  $("events").tBodies[0].replaceChildren(...t.events.map((e) => el("tr", {},
-    el("td", {}, (e.time || "").replace("T", " ").slice(0, 16)), el("td", { class: "code" }, e.code),
-    el("td", {}, e.value == null ? "" : Number(e.value).toPrecision(4)), el("td", {}, e.unit || ""), el("td", {}, e.text || ""))));
+  $("event-page").textContent = state.total ? `${state.offset + 1}–${Math.min(state.offset + state.limit, state.total)} of ${state.total}, newest first` : "no events";
+  $("events").tBodies[0].replaceChildren(...(notesOnly
+    ? t.notes.slice(state.offset, state.offset + state.limit).map((n) => el("tr", { "data-kind": "note" },
+      el("td", {}, (n.time || "").slice(0, 10)), el("td", {}, n.text.slice(0, 300)), el("td", {}, ""), el("td", {}, n.kind || "note"), el("td", {}, "")))
+    : eventRows(t.events)));
   if (withChart) {
     drawTimeline(t.by_system);
     $("notes").replaceChildren(...(t.notes.length ? t.notes.map((n) => el("div", { class: "note" },
@@ -151,15 +197,28 @@ async function runQuery(body) {
 
 function renderAnswer(r) {
   $("answer-text").textContent = r.answer || "(the model gave an empty answer)";
-  $("answer-value").textContent = r.value == null ? `model ${r.model}` : `value ${r.value} · model ${r.model}`;
+  $("answer-value").textContent = r.value == null ? `model ${r.model}` : `value ${typeof r.value === "number" ? fmtValue(r.value) : r.value} · model ${r.model}`;
+  const d = r.details || {};
+  const recorded = d.recorded_answer != null ? d.recorded_answer : d.reference_answer;
+  const box = $("answer-recorded");
+  box.hidden = recorded == null || String(recorded) === String(r.answer);
+  box.textContent = box.hidden ? "" : `Recorded in the chart: ${recorded} (the model said: ${r.answer})`;
   $("answer-warnings").replaceChildren(...r.warnings.map((w) => el("li", {}, w)));
   const ev = r.evidence || { modalities: [], top_events: [], similar_subjects: [], image_series: [] };
   drawAttributions(ev.modalities);
   $("top-events").tBodies[0].replaceChildren(...(ev.top_events.length ? ev.top_events.map((e) => el("tr", {},
     el("td", {}, (e.time || "").slice(0, 10)), el("td", { class: "code" }, e.code), el("td", {}, e.description || ""),
-    el("td", {}, e.value == null ? "" : Number(e.value).toPrecision(3)))) : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "none"))]));
-  $("similar-list").replaceChildren(...(ev.similar_subjects.length ? ev.similar_subjects.map((n) => el("li", {},
-    el("button", { type: "button", onclick: () => openSubject(n.subject_id) }, n.subject_id), ` ${n.score.toFixed(3)}`, n.label ? ` · ${n.label}` : "")) : [el("li", { class: "muted" }, "none")]));
+    el("td", { class: "num" }, fmtValue(e.value, e.unit)))) : [el("tr", {}, el("td", { colspan: 4, class: "muted" }, "none"))]));
+  const others = Math.max(1, state.nSubjects - 1);
+  $("similar-list").replaceChildren(...(ev.similar_subjects.length ? ev.similar_subjects.map((n, i) => {
+    const known = state.subjects.find((s) => s.subject_id === n.subject_id);
+    const pct = Math.max(1, Math.ceil(((i + 1) / others) * 100));
+    return el("li", { "data-rank": i + 1 },
+      el("button", { type: "button", onclick: () => openSubject(n.subject_id) }, n.subject_id),
+      ` rank ${i + 1} of ${others} · top ${pct}% of the cohort`, known && subjectFacts(known) ? ` · ${subjectFacts(known)}` : "",
+      n.label ? ` · ${n.label}` : "", (n.shared || []).length ? el("span", { class: "shared" }, ` · shares: ${n.shared.join(", ")}`) : "",
+      el("small", { class: "muted" }, ` (cosine ${n.score.toFixed(2)})`));
+  }) : [el("li", { class: "muted" }, "none")]));
 }
 
 function drawAttributions(mods) {
@@ -188,8 +247,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("logout").addEventListener("click", logout);
   $("subject-filter").addEventListener("input", () => { clearTimeout(filterTimer); filterTimer = setTimeout(() => loadSubjects().catch((e) => showError(e.message)), 250); });
   $("code-filter").addEventListener("change", () => { state.offset = 0; loadTimeline(false).catch((e) => showError(e.message)); });
-  $("older").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadTimeline(false).catch((e) => showError(e.message)); });
-  $("newer").addEventListener("click", () => { if (state.offset + state.limit < state.total) { state.offset += state.limit; loadTimeline(false).catch((e) => showError(e.message)); } });
+  $("kind-filter").addEventListener("change", () => { state.offset = 0; loadTimeline(false).catch((e) => showError(e.message)); });
+  $("newer").addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); loadTimeline(false).catch((e) => showError(e.message)); });
+  $("older").addEventListener("click", () => { if (state.offset + state.limit < state.total) { state.offset += state.limit; loadTimeline(false).catch((e) => showError(e.message)); } });
   $("task-form").addEventListener("submit", (e) => { e.preventDefault(); runQuery({ kind: "task", subject: state.subject, task: $("task-select").value }); });
   $("ask-form").addEventListener("submit", (e) => { e.preventDefault(); const q = $("question").value.trim(); if (q) runQuery({ kind: "ask", subject: state.subject, question: q }); });
   $("similar-form").addEventListener("submit", (e) => {

@@ -21,10 +21,16 @@ def test_eval_reports_probe_zero_shot_knn_and_pca_baseline(cell_model, cell_coho
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     ann = report["annotation"]
-    for method in ("probe", "zero-shot", "knn_transfer", "baseline_pca_logreg"):
-        assert 0 <= ann[method]["accuracy"] <= 1, method
+    for method in ("probe", "probe_plus_pcs", "pca_logreg", "knn_transfer", "zero_shot", "majority_class"):
+        assert 0 <= ann[method]["accuracy_ci95"][0] <= ann[method]["accuracy"] <= ann[method]["accuracy_ci95"][1] <= 1
     # on real PBMCs the classical baseline is strong: it must beat the majority class by a margin
-    assert ann["baseline_pca_logreg"]["accuracy"] > ann["probe"]["majority_baseline_accuracy"] + 0.1
+    assert ann["pca_logreg"]["accuracy"] > ann["majority_class"]["accuracy"] + 0.1
+    assert "minus_pca_logreg_ci95" in ann["probe"] and ann["probe"]["n"] == report["n_cells"]
+    imp = report["imputation"]["methods"]
+    assert {"model", "per_gene_mean", "knn_smoothing"} <= set(imp) and imp["model"]["mse"] < imp["per_gene_mean"]["mse"]
+    md = (tmp_path / "ev" / "report.md").read_text()
+    assert "| pca_logreg |" in md and "knn_smoothing" in md
+    assert (tmp_path / "ev" / "annotation.png").exists() and (tmp_path / "ev" / "imputation.png").exists()
     assert (tmp_path / "ev" / "umap.png").exists() and (tmp_path / "ev" / "report.md").exists()
 
 

@@ -17,13 +17,13 @@ def test_day_to_iso_rounds_to_the_recorded_second():
 
 
 def test_qa_store_and_ehr_events_agree_with_the_shards(clinical_cohort):
-    store = QAStore(clinical_cohort, conditions={})
+    store = QAStore(clinical_cohort, kinds={})
     events = EhrEvents(clinical_cohort, EhrVocab([], {}, {}))
     table = read_events(clinical_cohort, columns=("subject_id", "time")).to_pandas()
     checked = 0
     for subject in sorted(store.events)[:10]:
         recorded = {str(t.to_datetime64().astype("datetime64[s]")) for t in table[table.subject_id == subject].time.dropna()}
-        times = store.events[subject][0]
+        times = np.array([e.day for e in store.events[subject]])
         from_store = {day_to_iso(float(t)) for t in times[np.isfinite(times)]}
         from_events = {e["time"] for e in events.top_events(subject, None, len(times))}
         if not recorded:

@@ -180,7 +180,11 @@ def test_each_bad_input_is_quarantined_with_a_reason_and_the_rest_goes_on(cohort
     bad_dir.mkdir()
     cases = _bad_cases(bad_dir, good)
     summary = fhir.ingest([*cases.values(), good_src[1]], cohort_dir)
-    reasons = {Path(q.source).name: q for q in summary.quarantine}
+    # sources are named by checksum label, never by file name (issue 18): map the labels back to the names
+    from biomm.store.atomic import sha256_file
+
+    names = {f"sha256:{sha256_file(p)[:16]}{''.join(Path(p).suffixes[-2:])}": Path(p).name for p in cases.values()}
+    reasons = {names.get(q.source, q.source): q for q in summary.quarantine}
     expect = {
         "not_json.json": ("not JSON", None),
         "truncated.json.gz": ("truncated", None),
@@ -210,7 +214,8 @@ def test_each_bad_input_is_quarantined_with_a_reason_and_the_rest_goes_on(cohort
         assert json.loads((cohort_dir / rel).parent.joinpath("reason.json").read_text())["reason"] == reason
     # a re-run is idempotent: nothing new, the quarantine unchanged
     again = fhir.ingest([*cases.values(), good_src[1]], cohort_dir)
-    assert again.quarantined == 0
+    assert again.quarantined == len({q.source for q in summary.quarantine})  # reported again (issue 18)
+    assert all(q.reason.startswith("still quarantined: ") for q in again.quarantine)
     assert again.sources_skipped_unchanged == 11  # unreadable files are marked done too: their quarantine entry stands
     assert len(manifest(cohort_dir, "SELECT * FROM quarantine")) == len(expect)
 

@@ -128,7 +128,7 @@ def test_config_rejects_unknown_keys_and_half_windows():
 # ------------------------------------------------------------------ bad input
 def _bad_inputs(folder):
     folder.mkdir(parents=True)
-    (folder / "notes.txt").write_text("not dicom at all")
+    (folder / "garbage.bin").write_text("not dicom at all")  # .txt/.csv sidecars are skipped by discovery
     shutil.copy(dicom_file("MR_truncated.dcm"), folder / "truncated.dcm")
     shutil.copy(dicom_file("rtplan.dcm"), folder / "no_pixels.dcm")
     copy_as_new_series(dicom_file("MR_small.dcm"), folder / "mpeg.dcm")
@@ -173,7 +173,8 @@ def test_rerun_is_idempotent(tmp_path):
     files_before = sorted(p.name for p in (tmp_path / "cohort" / "imaging").iterdir())
     again = dicom.ingest([src], tmp_path / "cohort", FAST)
     assert first.records_written == 2
-    assert again.records_written == 0 and again.quarantined == 0 and again.sources_skipped_unchanged == again.sources_seen
+    assert again.records_written == 0 and again.sources_skipped_unchanged == again.sources_seen
+    assert again.quarantined and all(q.reason.startswith("still quarantined: ") for q in again.quarantine)
     assert sorted(p.name for p in (tmp_path / "cohort" / "imaging").iterdir()) == files_before
     assert len(records(tmp_path / "cohort")) == 2
 

@@ -1,6 +1,8 @@
 """Omics ingest on real PBMCs: state detection, recipes, formats, quarantine, idempotency, write-back."""
 from __future__ import annotations
 
+from biomm.ingest.omics.read import source_checksum
+
 import gzip
 
 import anndata as ad
@@ -116,7 +118,9 @@ def test_bad_input_is_quarantined_with_reason_rest_ingested(tmp_path, files, cou
     bad = _bad_files(tmp_path, counts)
     s = _ingest([files / "pbmc_counts.h5ad", *bad.values()], cohort_dir)
     assert s.items_written == 700 and s.quarantined == len(bad) and s.exit_code == 3
+    # sources are named by checksum label, never by file name (issue 18)
     reasons = {q.source: q.reason for q in s.quarantine}
+    reasons |= {str(p): reasons[f"sha256:{source_checksum(p)[:16]}.h5ad"] for p in bad.values()}
     expect = {"truncated": "truncated", "NaN": "NaN", "mismatched obs": "obs has 699 rows but X has 700",
               "duplicate gene": "duplicate gene names", "negative": "negative counts are invalid",
               "empty": "is empty", "no .raw": "no .raw or counts layer"}
@@ -125,7 +129,8 @@ def test_bad_input_is_quarantined_with_reason_rest_ingested(tmp_path, files, cou
     with Cohort(cohort_dir) as c:
         assert len(c.quarantined()) == len(bad)
     rerun = _ingest([files / "pbmc_counts.h5ad", *bad.values()], cohort_dir)
-    assert rerun.sources_skipped_unchanged == len(bad) + 1 and rerun.quarantined == 0
+    assert rerun.sources_skipped_unchanged == len(bad) + 1 and rerun.quarantined == len(bad)  # still quarantined (issue 18)
+    assert all(q.reason.startswith("still quarantined: ") for q in rerun.quarantine)
 
 
 def test_low_vocabulary_coverage_warns(tmp_path, counts, cohort_dir):

@@ -1,0 +1,130 @@
+"""Clinical baselines run from a MEDS dataset alone (a `biomm export meds` folder, or any MEDS v0.4 dataset with
+MEDS label files): no cohort, no biomm model, only `data/`, `metadata/subject_splits.parquet` and a label file,
+read with pyarrow.
+
+Features of a label row (subject, prediction_time) are the counts of each code among the subject's rows at
+or before the prediction time (static rows, without a time, always count), over the codes seen in the
+training rows. Two models, fitted on the train + tuning subjects and measured on held_out:
+- bag of codes: log1p counts, TF-IDF, balanced L2 logistic regression (C 0.1), the recipe of the cohort's
+  `BagOfCodesBaseline`;
+- count GBM: sklearn's histogram gradient boosting on the raw counts of the most frequent codes.
+AUROC and AUPRC carry a 95% bootstrap interval with subjects resampled (a subject's rows stay together)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from scipy.sparse import csr_matrix
+
+MAX_GBM_CODES = 512
+
+
+def read_labels(root: str | Path, task: str) -> pa.Table:
+    """The MEDS label rows of `task` (`labels/<task>/*.parquet`, or a label file/folder path), sorted."""
+    path = Path(task) if Path(task).exists() else Path(root) / "labels" / task
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    if not files or not files[0].exists():
+        raise FileNotFoundError(f"no MEDS label files for task {task!r} under {path}")
+    table = pa.concat_tables([pq.read_table(f, columns=["subject_id", "prediction_time", "boolean_value"]) for f in files])
+    return table.sort_by([("subject_id", "ascending"), ("prediction_time", "ascending")])
+
+
+def code_counts(root: str | Path, labels: pa.Table, vocab: dict[str, int] | None = None) -> tuple[csr_matrix, dict[str, int]]:
+    """Counts [N, V] of each code at or before each label row's prediction time; `vocab` (code -> column) is
+    built from these rows when None, else codes outside it are dropped."""
+    root = Path(root)
+    sids = labels.column("subject_id").to_numpy()
+    ptime = labels.column("prediction_time").cast(pa.int64()).to_numpy()
+    wanted = pa.array(np.unique(sids), pa.int64())
+    build = vocab is None
+    vocab = {} if vocab is None else dict(vocab)
+    rows, cols, vals = [], [], []
+    row_of = {}
+    for i, s in enumerate(sids.tolist()):
+        row_of.setdefault(s, []).append(i)
+    for shard in sorted((root / "data").rglob("*.parquet")):
+        t = pq.read_table(shard, columns=["subject_id", "time", "code"])
+        t = t.filter(pc.is_in(t.column("subject_id"), value_set=wanted))
+        if not t.num_rows:
+            continue
+        sid = t.column("subject_id").to_numpy()
+        time = pc.fill_null(t.column("time").cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+        codes = t.column("code").to_numpy(zero_copy_only=False)
+        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+        ends = np.r_[starts[1:], len(sid)]
+        for a, b in zip(starts, ends):
+            for i in row_of.get(int(sid[a]), ()):
+                n_before = int(np.searchsorted(time[a:b], ptime[i], side="right"))
+                names, counts = np.unique(codes[a:a + n_before], return_counts=True)
+                for name, n in zip(names, counts):
+                    j = vocab.get(name)
+                    if j is None and build:
+                        j = vocab[name] = len(vocab)
+                    if j is not None:
+                        rows.append(i)
+                        cols.append(j)
+                        vals.append(n)
+    x = csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(sids), max(len(vocab), 1)))
+    return x, vocab
+
+
+def _auc_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """AUROC and AUPRC with a 95% subject-bootstrap interval (None where one class is missing)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return {"auroc": None, "auprc": None}
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    aucs, aps = [], []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        if len(np.unique(y[idx])) == 2:
+            aucs.append(roc_auc_score(y[idx], p[idx]))
+            aps.append(average_precision_score(y[idx], p[idx]))
+    ci = lambda v: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)] if v else None  # noqa: E731
+    return {"auroc": round(float(roc_auc_score(y, p)), 4), "auroc_ci95": ci(aucs),
+            "auprc": round(float(average_precision_score(y, p)), 4), "auprc_ci95": ci(aps)}
+
+
+def run_baselines(root: str | Path, task: str, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
+    """Both baselines on one task of a MEDS dataset: fitted on train + tuning subjects, measured on held_out."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    root = Path(root)
+    labels = read_labels(root, task)
+    splits = pq.read_table(root / "metadata" / "subject_splits.parquet")
+    split_of = dict(zip(splits.column("subject_id").to_pylist(), splits.column("split").to_pylist()))
+    split = np.array([split_of.get(s, "") for s in labels.column("subject_id").to_pylist()])
+    train_t = labels.filter(pa.array(np.isin(split, ["train", "tuning"])))
+    test_t = labels.filter(pa.array(split == "held_out"))
+    y_train = train_t.column("boolean_value").to_numpy(zero_copy_only=False).astype(int)
+    y_test = test_t.column("boolean_value").to_numpy(zero_copy_only=False).astype(int)
+    out: dict[str, Any] = {"dataset": str(root), "task": task, "inputs": "MEDS data shards, subject_splits, label file",
+                           "train": {"rows": int(len(y_train)), "positives": int(y_train.sum())},
+                           "held_out": {"rows": int(len(y_test)), "positives": int(y_test.sum())}}
+    if len(np.unique(y_train)) < 2 or not len(y_test):
+        out["skipped"] = "not enough data: the training rows need both classes and held_out needs rows"
+        return out
+    x_train, vocab = code_counts(root, train_t)
+    x_test, _ = code_counts(root, test_t, vocab)
+    groups = test_t.column("subject_id").to_numpy()
+    tfidf = TfidfTransformer().fit(x_train.log1p())
+    lr = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000)
+    lr.fit(tfidf.transform(x_train.log1p()), y_train)
+    p_lr = lr.predict_proba(tfidf.transform(x_test.log1p()))[:, 1]
+    top = np.argsort(-np.asarray((x_train > 0).sum(axis=0)).ravel(), kind="stable")[:MAX_GBM_CODES]
+    gbm = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, class_weight="balanced", random_state=seed)
+    gbm.fit(x_train[:, top].toarray(), y_train)
+    p_gbm = gbm.predict_proba(x_test[:, top].toarray())[:, 1]
+    out["codes"] = len(vocab)
+    out["bag_of_codes_lr"] = _auc_ci(y_test, p_lr, groups, n_boot, seed)
+    out["count_gbm"] = {**_auc_ci(y_test, p_gbm, groups, n_boot, seed), "codes_used": int(len(top))}
+    return out

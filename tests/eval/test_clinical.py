@@ -1,0 +1,79 @@
+"""The clinical evaluation protocol: subject-level folds, intervals, few-shot draws, count features."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from biomm.data.ehr import EhrEvents, EhrVocab
+from biomm.data.samples import Sample
+from biomm.eval.clinical import bootstrap_interval, cross_validate, subject_folds, summarise, _auc, _lr, _gbm
+from biomm.heads.clinical import CountGBM, count_features
+
+
+def _data(n_subjects=40, per=3, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"s{i}" for i in range(n_subjects)], per)
+    signal = np.repeat(rng.normal(size=n_subjects), per)
+    y = (signal + rng.normal(scale=0.5, size=len(groups)) > 0.3).astype(float)
+    x = np.c_[signal + rng.normal(scale=0.3, size=len(groups)), rng.normal(size=(len(groups), 3))]
+    return x, y, groups
+
+
+def test_folds_are_by_subject_and_test_every_subject_once():
+    x, y, groups = _data()
+    seen = []
+    for tr, te in subject_folds(y, groups, 5, seed=0):
+        assert not set(groups[tr]) & set(groups[te])
+        seen.extend(te)
+    assert sorted(seen) == list(range(len(y)))
+
+
+def test_cross_validate_rows_intervals_and_few_shot():
+    x, y, groups = _data()
+    rows = {"signal": _lr(x), "noise": _lr(x[:, 1:]), "gbm": _gbm(x)}
+    cv = cross_validate(rows, y, groups, folds=5, seeds=(0, 1), ks=(1, 4, 16, 500), draws=2, bootstrap=50)
+    s, n = cv["signal"]["full"], cv["noise"]["full"]
+    assert s["auroc"] > 0.8 and n["auroc"] < 0.7 and len(s["per_repeat"]) == 2
+    assert s["auroc_low"] <= s["auroc"] <= s["auroc_high"] and s["auprc_low"] <= s["auprc"] <= s["auprc_high"]
+    few = cv["signal"]["few_shot"]
+    assert set(few) == {"1", "4", "16"}  # 500 positives are not there to draw
+    assert few["16"]["auroc"] > few["1"]["auroc"] - 0.05 and few["4"]["n"] == 5 * 2
+    summary = summarise({"t": {"rows": {**{k: cv[k] for k in rows}, "bag_of_codes_lr": cv["noise"],
+                                         "count_gbm": cv["gbm"], "biomm_fused": cv["signal"], "hybrid": cv["signal"]}}})
+    t = summary["targets"]
+    assert set(t["fused_minus_lr_at_k<=32"]) == {"1", "4", "16"} and t["fused_minus_lr_at_k<=32"]["16"] > 0.1
+    assert t["best_baseline"] in ("bag_of_codes_lr", "count_gbm") and t["hybrid_ge_best_baseline"]
+
+
+def test_bootstrap_interval_is_by_subject():
+    x, y, groups = _data()
+    p = x[:, 0]
+    lo, hi = bootstrap_interval(y, [p], groups, _auc, n=100)
+    assert lo < _auc(y, p) < hi and hi - lo < 0.3
+
+
+def test_too_few_positives_is_a_clear_error():
+    x, y, groups = _data()
+    y = np.zeros_like(y)
+    y[0] = 1
+    with pytest.raises(ValueError, match="too few"):
+        cross_validate({"a": _lr(x)}, y, groups)
+
+
+def test_count_features_see_only_events_before_the_prediction_time(clinical_cohort):
+    events = EhrEvents(clinical_cohort, EhrVocab.build(clinical_cohort))
+    sid = max(events.subjects, key=lambda s: events.subjects[s][1] - events.subjects[s][0])
+    s, e = events.subjects[sid]
+    pt = float(events.times[(s + e) // 2])
+    x, names = count_features(events, [Sample(sid, pt), Sample(sid, float(events.times[e - 1]))])
+    col = {n: i for i, n in enumerate(names)}
+    a, b = events.span(sid, pt)
+    code = str(events.codes_text[b - 1])
+    assert x[0, col[f"count/all/{code}"]] == (events.codes_text[a:b] == code).sum()
+    assert x[1, col[f"count/all/{code}"]] >= x[0, col[f"count/all/{code}"]]
+    assert x[0, col[f"count/30d/{code}"]] <= x[0, col[f"count/365d/{code}"]] <= x[0, col[f"count/all/{code}"]]
+    numeric = [i for i in range(a, b) if events.value_mask[i]]
+    last = numeric[-1]
+    assert x[0, col[f"last/all/{events.codes_text[last]}"]] == pytest.approx(events.values[last])
+    model = CountGBM().fit(np.r_[x, x], np.array([0, 1, 0, 1]))
+    assert model.predict(x).shape == (2,)
