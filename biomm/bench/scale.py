@@ -219,24 +219,15 @@ def child(step: str, *args: str) -> dict:
 # ----------------------------------------------------------------------------------------- query latency
 def query_latency(model: Path, cohort: Path, clients: int = 16, seconds: float = 10, seed: int = 0) -> dict:
     """Similarity queries (the kind whose cost grows with the cohort) from `clients` loopback clients."""
-    from biomm.bench.serve import free_port, load_test, start_server, wait_ready
+    from biomm.bench.serve import free_port, load_test, serving
     from biomm.store.cohort import Cohort
 
     with Cohort(cohort, create=False, read_only=True) as c:
         subjects = c.subjects()
-    token, port = secrets.token_urlsafe(24), free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(model, cohort, token, port, threads=1)
-    try:
-        wait_ready(base, proc)
+    token = secrets.token_urlsafe(24)
+    with serving(model, cohort, token, free_port(), threads=1) as (base, _):
         asyncio.run(load_test(base, token, subjects[:5], 2, 2, seed, kinds=("similar",)))  # warm-up
         out = asyncio.run(load_test(base, token, subjects, clients, seconds, seed, kinds=("similar",)))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
     lat = out["latency"]["similar"]
     return {"seconds": lat.get("p50_ms", 0) / 1000, "p50_ms": lat.get("p50_ms"), "p95_ms": lat.get("p95_ms"),
             "requests": out["requests_ok"], "errors": out["errors"], "throughput_rps": out["throughput_rps"]}

@@ -4,6 +4,7 @@ index lookup against an exact numpy scan at 100,000 indexed subjects, in the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import random
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -77,6 +78,22 @@ def start_server(model: Path, cohort: Path, token: str, port: int, threads: int)
     return subprocess.Popen([sys.executable, "-m", "biomm", "serve", str(model), "--cohort", str(cohort),
                              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def serving(model: Path, cohort: Path, token: str, port: int, threads: int) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`biomm serve` on loopback for the block: (base URL, process), ready to answer; stopped afterwards."""
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(Path(model), Path(cohort), token, port, threads)
+    try:
+        wait_ready(base, proc)
+        yield base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -187,20 +204,11 @@ def run(model: Path | None, cohort: Path | None, seconds: float = 30, clients: i
         with Cohort(cohort, create=False, read_only=True) as c:
             subjects = c.subjects()
         token, port = secrets.token_urlsafe(24), free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = start_server(Path(model), Path(cohort), token, port, server_threads)
-        try:
-            t0 = time.perf_counter()
-            wait_ready(base, proc)
+        t0 = time.perf_counter()
+        with serving(Path(model), Path(cohort), token, port, server_threads) as (base, _):
             startup_s = time.perf_counter() - t0
             asyncio.run(load_test(base, token, subjects[:5], 2, 2, seed))  # warm-up (first QA call loads the LM)
             load = asyncio.run(load_test(base, token, subjects, clients, seconds, seed))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
         from biomm.query.engine import QueryEngine
 
         engine = QueryEngine(model, cohort)

@@ -70,43 +70,35 @@ class MaskedImputer:
             self.tokenizer = tokenizer_for(loaded, cells)
             self.token_ids = torch.from_numpy(cells.var_token_ids[self.columns].astype(np.int64))
 
+    def _visible_inputs(self, x: sp.csr_matrix, hide: np.ndarray) -> dict[str, torch.Tensor]:
+        """The adapter's inputs for the cells with the hidden entries `hide` [B, C] removed: the HVG vector `x`
+        [B, G] with its `mlm_mask` (MLP encoder), or the tokens of the visible values (transformer)."""
+        dense = x.toarray()
+        block = dense[:, self.columns]
+        block[hide] = 0.0
+        dense[:, self.columns] = block
+        if self.mlp:
+            v = np.zeros((x.shape[0], len(self.positions)), dtype=np.float32)
+            ok = self.positions >= 0
+            v[:, ok] = dense[:, self.positions[ok]]
+            h = np.zeros_like(v, dtype=bool)
+            h[:, self.model_index] = hide
+            return {"x": torch.from_numpy(v), "mlm_mask": torch.from_numpy(h)}
+        tok = self.tokenizer(sp.csr_matrix(dense))
+        n = max(int(tok["mask"].sum(1).max()), 1)
+        return {k: v[:, :n] for k, v in tok.items()}
+
     @torch.no_grad()
     def embed_visible(self, x: sp.csr_matrix, hide: np.ndarray) -> np.ndarray:
         """Omics embeddings [B, D] of the cells from their visible values only (hidden entries removed)."""
-        dense = x.toarray()
-        block = dense[:, self.columns]
-        block[hide] = 0.0
-        dense[:, self.columns] = block
-        if self.mlp:
-            v = np.zeros((x.shape[0], len(self.positions)), dtype=np.float32)
-            ok = self.positions >= 0
-            v[:, ok] = dense[:, self.positions[ok]]
-            h = np.zeros_like(v, dtype=bool)
-            h[:, self.model_index] = hide
-            t = {"x": torch.from_numpy(v), "mlm_mask": torch.from_numpy(h)}
-        else:
-            tok = self.tokenizer(sp.csr_matrix(dense))
-            n = max(int(tok["mask"].sum(1).max()), 1)
-            t = {k: v[:, :n] for k, v in tok.items()}
-        return self.loaded.model.embed("omics", t).float().numpy()
+        return self.loaded.model.embed("omics", self._visible_inputs(x, hide)).float().numpy()
 
     @torch.no_grad()
     def __call__(self, x: sp.csr_matrix, hide: np.ndarray) -> np.ndarray:
-        dense = x.toarray()
-        block = dense[:, self.columns]
-        block[hide] = 0.0
-        dense[:, self.columns] = block
+        tok = self._visible_inputs(x, hide)
         if self.mlp:
-            v = np.zeros((x.shape[0], len(self.positions)), dtype=np.float32)
-            ok = self.positions >= 0
-            v[:, ok] = dense[:, self.positions[ok]]
-            h = np.zeros_like(v, dtype=bool)
-            h[:, self.model_index] = hide
-            t = self.adapter({"x": torch.from_numpy(v), "mlm_mask": torch.from_numpy(h)})
+            t = self.adapter(tok)
             return self.head(t.x[:, 0]).float().numpy()[:, self.model_index]
-        tok = self.tokenizer(sp.csr_matrix(dense))
-        n = max(int(tok["mask"].sum(1).max()), 1)
-        tok = {k: v[:, :n] for k, v in tok.items()}
         hide_t = torch.from_numpy(hide)
         k = max(int(hide_t.sum(1).max()), 1)
         order = torch.argsort((~hide_t).to(torch.int8), dim=1, stable=True)[:, :k]  # hidden columns first, in order
