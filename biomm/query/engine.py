@@ -18,7 +18,8 @@ from biomm.data.tasks import TaskDef, load_tasks
 from biomm.heads.clinical import LinearHead, SampleEmbeddings
 from biomm.model.bundle import Embeddings, LoadedModel, load
 from biomm.query.embed import embeddings_path
-from biomm.query.evidence import BUILTIN_DISPLAYS, event_evidence, neighbour_evidence, occlusion_embeddings
+from biomm.query.evidence import (BUILTIN_DISPLAYS, code_frequency, event_evidence, neighbour_evidence,
+                                  occlusion_embeddings, shared_findings)
 from biomm.query.handlers import HANDLERS, EngineCaches, Handler
 from biomm.query.index import VectorIndex, build_indexes, index_dir
 from biomm.schema import EventEvidence, Neighbor, QueryError, QueryKind, QueryRequest, QueryResponse
@@ -123,8 +124,17 @@ class QueryEngine:
         return event_evidence(self.events, self.displays, subject, before, self.n_events)
 
     def neighbours(self, subject: str, k: int, source: str = "fused") -> list[Neighbor]:
-        """The k most similar subjects by the `source` embedding ("fused" or a modality)."""
-        return neighbour_evidence(self.indexes[source], subject, k)
+        """The k most similar subjects by the `source` embedding ("fused" or a modality), each with the diagnoses /
+        procedures it shares with `subject` (patients)."""
+        found = neighbour_evidence(self.indexes[source], subject, k)
+        if self.events is not None:
+            if self.caches.code_frequency is None:
+                self.caches.code_frequency = code_frequency(self.events)
+            shared = shared_findings(self.events, self.displays, self.caches.code_frequency, subject,
+                                     [n.subject_id for n in found])
+            for n in found:
+                n.shared = shared.get(n.subject_id, [])
+        return found
 
     def task_head(self, path: Path) -> LinearHead:
         """The fitted task head saved at `path`, read once per refresh."""

@@ -14,8 +14,7 @@ from biomm.data.ehr import EhrEvents, day_to_iso
 from biomm.data.tasks import TaskDef, code_matcher
 from biomm.heads.clinical import LinearHead, SampleEmbeddings, head_path
 from biomm.model.bundle import Embeddings, LoadedModel
-from biomm.query.evidence import (cell_labels, code_frequency, event_attributions, occlusion_attributions,
-                                  shared_findings)
+from biomm.query.evidence import cell_labels, event_attributions, occlusion_attributions
 from biomm.query.index import VectorIndex
 from biomm.schema import EventEvidence, Evidence, Neighbor, QueryError, QueryKind, QueryRequest, QueryResponse
 
@@ -64,7 +63,7 @@ class EngineState(Protocol):
         """The subject's most recent events at or before `before`."""
 
     def neighbours(self, subject: str, k: int, source: str = "fused") -> list[Neighbor]:
-        """The k most similar subjects by the `source` embedding."""
+        """The k most similar subjects by the `source` embedding, with what each shares with `subject`."""
 
     def task_head(self, path: Path) -> LinearHead:
         """The fitted task head saved at `path`."""
@@ -158,13 +157,8 @@ def answer_similar(engine: EngineState, req: QueryRequest) -> QueryResponse:
         raise QueryError(f"subject {subject} has no {source} data to search by")
     neighbours = engine.neighbours(subject, req.k, source)
     labels = cell_labels(engine.loaded, engine.embeddings, [n.subject_id for n in neighbours])
-    if engine.events is not None and engine.caches.code_frequency is None:
-        engine.caches.code_frequency = code_frequency(engine.events)
-    shared = shared_findings(engine.events, engine.displays, engine.caches.code_frequency or {}, subject,
-                             [n.subject_id for n in neighbours])
     for n in neighbours:
         n.label = labels.get(n.subject_id)
-        n.shared = shared.get(n.subject_id, [])
     return QueryResponse(kind="similar", subject_id=subject, model=engine.model_name, value=None,
                          answer=f"{len(neighbours)} most similar subjects by {source} embedding",
                          details={"by": source, "k": req.k}, evidence=Evidence(similar_subjects=neighbours))

@@ -93,6 +93,8 @@ def test_clinician_page(chromium, live_server, imaged_subject, tmp_path):
         page.click("#similar-form button")
         expect(page.locator("#similar-list li[data-rank='1']")).to_contain_text("rank 1 of")  # rank, not a bare cosine (17)
         expect(page.locator("#similar-list li[data-rank='1']")).to_contain_text("% of the cohort")
+        # what the subjects share: the diagnoses / procedures both have (17)
+        expect(page.locator("#similar-list li .shared").first).to_contain_text("shares:")
         box_events = page.locator("#top-events").bounding_box()
         box_similar = page.locator("#similar-list").bounding_box()
         if box_events and box_similar:  # side by side or stacked, never overlapping (18)
