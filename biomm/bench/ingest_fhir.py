@@ -29,6 +29,17 @@ from biomm.resources import resource
 SHIPPED = resource("data", "synthea")
 
 
+def rekeyed_bundle(raw: bytes, k: int) -> bytes:
+    """Bundle JSON `raw` as copy `k`: every resource id and `urn:uuid:` reference prefixed `c<k>-` (copy 0 as is),
+    so each copy holds new patients."""
+    if not k:
+        return raw
+    doc = orjson.loads(raw.replace(b"urn:uuid:", f"urn:uuid:c{k}-".encode()))
+    for e in doc.get("entry", []):
+        e["resource"]["id"] = f"c{k}-{e['resource'].get('id', '')}"
+    return orjson.dumps(doc)
+
+
 def rekeyed_copies(src: Path, dst: Path, copies: int) -> list[Path]:
     """`copies` x the bundles, each copy with new resource ids (and so new patients)."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -37,15 +48,7 @@ def rekeyed_copies(src: Path, dst: Path, copies: int) -> list[Path]:
         for f in sorted(src.glob("*.json.gz")):
             out = dst / f"c{k}_{f.name}"
             if not out.exists():
-                doc = orjson.loads(gzip.decompress(f.read_bytes()))
-                text = orjson.dumps(doc).decode()
-                if k:
-                    text = text.replace('urn:uuid:', f'urn:uuid:c{k}-')
-                    doc = orjson.loads(text)
-                    for e in doc["entry"]:
-                        e["resource"]["id"] = f"c{k}-{e['resource']['id']}"
-                    text = orjson.dumps(doc).decode()
-                out.write_bytes(gzip.compress(text.encode(), 6))
+                out.write_bytes(gzip.compress(rekeyed_bundle(gzip.decompress(f.read_bytes()), k), 6))
             files.append(out)
     return files
 

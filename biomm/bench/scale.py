@@ -48,7 +48,7 @@ def make_patients(scale: int, out: Path, seed: int = 0, start: int = 0, count: i
     """`scale` copies of the first `base_patients` shipped bundles with fresh ids, written as gzip files in a
     seeded permuted order (copy k, file f -> `<rank>_c<k>_<f>`); `start`/`count` write only part of the copies
     (the 1% top-up)."""
-    import orjson
+    from biomm.bench.ingest_fhir import rekeyed_bundle
 
     out.mkdir(parents=True, exist_ok=True)
     base = sorted(SYNTHEA.glob("*.json.gz"))[:base_patients]
@@ -59,12 +59,7 @@ def make_patients(scale: int, out: Path, seed: int = 0, start: int = 0, count: i
     for rank, (k, f) in zip(order, jobs):
         path = out / f"{rank:07d}_c{k}_{f.name.split('_')[-1]}"  # the copy's name carries no patient name
         if not path.exists():
-            text = gzip.decompress(f.read_bytes())
-            if k:
-                doc = orjson.loads(text.replace(b"urn:uuid:", f"urn:uuid:s{k}-".encode()))
-                for e in doc.get("entry", []):
-                    e["resource"]["id"] = f"s{k}-{e['resource'].get('id', '')}"
-                text = orjson.dumps(doc)
+            text = rekeyed_bundle(gzip.decompress(f.read_bytes()), k)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(gzip.compress(text, 1))
             tmp.rename(path)

@@ -21,7 +21,7 @@ from biomm.config import ConfigError
 from biomm.data.config import DataConfig
 from biomm.data.loaders import SplitLoaders
 from biomm.data.omics import CellChunkDataset
-from biomm.data.samples import Sample, SampleDataset
+from biomm.data.samples import Sample
 from biomm.data.source import ModalitySource, SourceContext, open_source
 from biomm.data.text import encode_texts, run_tokenizer
 from biomm.store.cohort import Cohort
@@ -131,11 +131,6 @@ class PatientDataModule(SplitLoaders):
         """Adapter config values the data decides: `{modality: {field: value}}`."""
         return {m: sizes for m, source in self.sources.items() if (sizes := source.sizes())}
 
-    # ----------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(SampleDataset(self.samples[split]), batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          collate_fn=self.collate, num_workers=self.cfg.num_workers,
-                          persistent_workers=self.cfg.num_workers > 0, drop_last=False)
 
 
 class CellBatches(torch.utils.data.IterableDataset):

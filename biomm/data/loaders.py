@@ -4,12 +4,19 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
+from biomm.data.samples import SampleDataset
+
 
 class SplitLoaders(L.LightningDataModule):
-    """Lightning's train / val / test loaders (and `loader(split)`) from the subclass's `_loader(split, shuffle)`."""
+    """Lightning's train / val / test loaders (and `loader(split)`) from `_loader(split, shuffle)`.
+
+    The default loader batches the module's `samples[split]` (a list of `Sample`) with its `collate` under
+    `cfg.batch_size` / `cfg.num_workers`; a streaming module (cells) overrides `_loader`."""
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        raise TypeError(f"{type(self).__name__} must define _loader(split, shuffle)")
+        return DataLoader(SampleDataset(self.samples[split]), batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          collate_fn=self.collate, num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         """The training split, shuffled."""

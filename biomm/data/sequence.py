@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from biomm.config import ConfigError
 from biomm.data.config import DataConfig
 from biomm.data.loaders import SplitLoaders
-from biomm.data.samples import Sample, SampleDataset
+from biomm.data.samples import Sample
 from biomm.data.source import ModalitySource, SourceContext, open_source
 from biomm.data.text import encode_texts, run_tokenizer
 from biomm.store.cohort import Cohort
@@ -241,9 +240,4 @@ class SequenceDataModule(SplitLoaders):
         """Sequence subjects have no EHR events."""
         return None
 
-    # ----------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(SampleDataset(self.samples[split]), batch_size=self.cfg.batch_size, shuffle=shuffle,
-                          collate_fn=self.collate, num_workers=self.cfg.num_workers,
-                          persistent_workers=self.cfg.num_workers > 0)
 

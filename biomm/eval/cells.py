@@ -180,41 +180,37 @@ def _bars(ax, names: list[str], values: list[float], cis: list[list[float]], hig
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
 
 
-def annotation_plot(ann: dict, path: Path) -> Path:
-    """Accuracy of every annotation method with its 95% interval."""
+def _bar_plot(names: list[str], values, cis, ylabel: str, title: str, path: Path, size=(7, 4), ylim=None) -> Path:
+    """One bar per method with its 95% interval, saved to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(ann)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _bars(ax, names, [ann[n]["accuracy"] for n in names], [ann[n]["accuracy_ci95"] for n in names])
-    ax.set_ylabel("accuracy (95% CI)")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"cell-type annotation, {ann[names[0]]['n']} held-out cells")
+    fig, ax = plt.subplots(figsize=size)
+    _bars(ax, names, values, cis)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def annotation_plot(ann: dict, path: Path) -> Path:
+    """Accuracy of every annotation method with its 95% interval."""
+    names = list(ann)
+    return _bar_plot(names, [ann[n]["accuracy"] for n in names], [ann[n]["accuracy_ci95"] for n in names],
+                     "accuracy (95% CI)", f"cell-type annotation, {ann[names[0]]['n']} held-out cells", path, ylim=(0, 1))
 
 
 def imputation_plot(imp: dict, path: Path) -> Path:
     """MSE on hidden values: model, per-gene mean, kNN smoothing, with 95% intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(imp["methods"])
-    fig, ax = plt.subplots(figsize=(5, 4))
-    _bars(ax, names, [imp["methods"][n]["mse"] for n in names], [imp["methods"][n]["mse_ci95"] for n in names])
-    ax.set_ylabel("MSE on hidden values (95% CI)")
-    ax.set_title(f"imputation: {imp['n_hidden']} hidden values, {imp['n_cells']} held-out cells")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    m = imp["methods"]
+    return _bar_plot(list(m), [m[n]["mse"] for n in m], [m[n]["mse_ci95"] for n in m], "MSE on hidden values (95% CI)",
+                     f"imputation: {imp['n_hidden']} hidden values, {imp['n_cells']} held-out cells", path, size=(5, 4))
 
 
 def perturbation_plot(pert: dict, path: Path) -> Path:

@@ -191,7 +191,7 @@ def cross_validate(rows: dict[str, Row], y: np.ndarray, groups: np.ndarray, fold
 # ------------------------------------------------------------------------------------ tasks
 def task_rows(emb, events, samples: list[Sample], modalities: list[str]) -> dict[str, Row]:
     """The protocol's rows for one task's samples (see the module doc)."""
-    bag, _ = bag_of_codes(events, samples)
+    bag = bag_of_codes(events, samples)[0].log1p()
     counts, _ = count_features(events, samples)
     rows: dict[str, Row] = {"biomm_fused": _lr(emb.fused)}
     for m in modalities:

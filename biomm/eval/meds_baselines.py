@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
+from biomm.heads.clinical import code_count_matrix
+
 MAX_GBM_CODES = 512
 
 
@@ -40,36 +42,26 @@ def code_counts(root: str | Path, labels: pa.Table, vocab: dict[str, int] | None
     sids = labels.column("subject_id").to_numpy()
     ptime = labels.column("prediction_time").cast(pa.int64()).to_numpy()
     wanted = pa.array(np.unique(sids), pa.int64())
-    build = vocab is None
-    vocab = {} if vocab is None else dict(vocab)
-    rows, cols, vals = [], [], []
-    row_of = {}
+    row_of: dict[int, list[int]] = {}
     for i, s in enumerate(sids.tolist()):
         row_of.setdefault(s, []).append(i)
-    for shard in sorted((root / "data").rglob("*.parquet")):
-        t = pq.read_table(shard, columns=["subject_id", "time", "code"])
-        t = t.filter(pc.is_in(t.column("subject_id"), value_set=wanted))
-        if not t.num_rows:
-            continue
-        sid = t.column("subject_id").to_numpy()
-        time = pc.fill_null(t.column("time").cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
-        codes = t.column("code").to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
-        ends = np.r_[starts[1:], len(sid)]
-        for a, b in zip(starts, ends):
-            for i in row_of.get(int(sid[a]), ()):
-                n_before = int(np.searchsorted(time[a:b], ptime[i], side="right"))
-                names, counts = np.unique(codes[a:a + n_before], return_counts=True)
-                for name, n in zip(names, counts):
-                    j = vocab.get(name)
-                    if j is None and build:
-                        j = vocab[name] = len(vocab)
-                    if j is not None:
-                        rows.append(i)
-                        cols.append(j)
-                        vals.append(n)
-    x = csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(sids), max(len(vocab), 1)))
-    return x, vocab
+
+    def rows():
+        for shard in sorted((root / "data").rglob("*.parquet")):
+            t = pq.read_table(shard, columns=["subject_id", "time", "code"])
+            t = t.filter(pc.is_in(t.column("subject_id"), value_set=wanted))
+            if not t.num_rows:
+                continue
+            sid = t.column("subject_id").to_numpy()
+            time = pc.fill_null(t.column("time").cast(pa.int64()), np.iinfo(np.int64).min).to_numpy()
+            codes = t.column("code").to_numpy(zero_copy_only=False)
+            starts = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+            ends = np.r_[starts[1:], len(sid)]
+            for a, b in zip(starts, ends):
+                for i in row_of.get(int(sid[a]), ()):
+                    yield i, codes[a:a + int(np.searchsorted(time[a:b], ptime[i], side="right"))]
+
+    return code_count_matrix(rows(), len(sids), vocab)
 
 
 def _auc_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -95,8 +87,8 @@ def _auc_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000
 def run_baselines(root: str | Path, task: str, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
     """Both baselines on one task of a MEDS dataset: fitted on train + tuning subjects, measured on held_out."""
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.feature_extraction.text import TfidfTransformer
-    from sklearn.linear_model import LogisticRegression
+
+    from biomm.heads.clinical import BagOfCodesBaseline
 
     root = Path(root)
     labels = read_labels(root, task)
@@ -116,10 +108,7 @@ def run_baselines(root: str | Path, task: str, seed: int = 0, n_boot: int = 1000
     x_train, vocab = code_counts(root, train_t)
     x_test, _ = code_counts(root, test_t, vocab)
     groups = test_t.column("subject_id").to_numpy()
-    tfidf = TfidfTransformer().fit(x_train.log1p())
-    lr = LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000)
-    lr.fit(tfidf.transform(x_train.log1p()), y_train)
-    p_lr = lr.predict_proba(tfidf.transform(x_test.log1p()))[:, 1]
+    p_lr = BagOfCodesBaseline().fit_counts(x_train, y_train).predict_counts(x_test)
     top = np.argsort(-np.asarray((x_train > 0).sum(axis=0)).ravel(), kind="stable")[:MAX_GBM_CODES]
     gbm = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, class_weight="balanced", random_state=seed)
     gbm.fit(x_train[:, top].toarray(), y_train)

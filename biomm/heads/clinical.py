@@ -122,46 +122,65 @@ class LinearHead:
 
 
 # ---------------------------------------------------------------------------------------- baseline
-def bag_of_codes(events: EhrEvents, samples: list[Sample], vocab: dict[str, int] | None = None):
-    """Counts of each code before each prediction time (TF-IDF weighted); `vocab` from the training split."""
+def code_count_matrix(rows, n_rows: int, vocab: dict[str, int] | None = None):
+    """Raw counts [n_rows, V] (scipy CSR, float32) from `rows`, an iterable of (row index, codes array).
+
+    `vocab` (code -> column) is built from these rows when None, else codes outside it are dropped;
+    returns (matrix, vocab). The one count builder of the cohort and the MEDS-folder baselines."""
     from scipy.sparse import csr_matrix
 
-    rows, cols, vals = [], [], []
     build = vocab is None
-    vocab = {} if vocab is None else vocab
-    for i, s in enumerate(samples):
-        a, b = events.span(s.subject_id, s.prediction_time)
-        codes, counts = np.unique(events.codes_text[a:b], return_counts=True)
-        for code, n in zip(codes, counts):
-            j = vocab.get(code)
+    vocab = {} if vocab is None else dict(vocab)
+    r, c, v = [], [], []
+    for i, codes in rows:
+        names, counts = np.unique(codes, return_counts=True)
+        for name, n in zip(names, counts):
+            j = vocab.get(name)
             if j is None and build:
-                j = vocab[code] = len(vocab)
+                j = vocab[name] = len(vocab)
             if j is not None:
-                rows.append(i)
-                cols.append(j)
-                vals.append(np.log1p(n))
-    x = csr_matrix((vals, (rows, cols)), shape=(len(samples), max(len(vocab), 1)), dtype=np.float32)
+                r.append(i)
+                c.append(j)
+                v.append(n)
+    x = csr_matrix((np.asarray(v, np.float32), (r, c)), shape=(n_rows, max(len(vocab), 1)))
     return x, vocab
 
 
+def bag_of_codes(events: EhrEvents, samples: list[Sample], vocab: dict[str, int] | None = None):
+    """Raw counts [N, V] of each code before each sample's prediction time; `vocab` from the training split."""
+    def rows():
+        for i, s in enumerate(samples):
+            a, b = events.span(s.subject_id, s.prediction_time)
+            yield i, events.codes_text[a:b]
+
+    return code_count_matrix(rows(), len(samples), vocab)
+
+
 class BagOfCodesBaseline:
-    """TF-IDF bag of codes before the prediction time, then balanced L2 logistic regression."""
+    """log1p counts, TF-IDF, then balanced L2 logistic regression (C 0.1): the bag of codes a practitioner fits."""
 
     def __init__(self, c: float = 0.1):
         self.c = c
 
+    def fit_counts(self, x, y: np.ndarray) -> "BagOfCodesBaseline":
+        """Fit on raw counts `x` [N, V] and labels `y` [N]."""
+        self.tfidf = TfidfTransformer().fit(x.log1p())
+        self.lr = LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000).fit(self.tfidf.transform(x.log1p()), y)
+        return self
+
+    def predict_counts(self, x) -> np.ndarray:
+        """Probabilities [N] of the positive class for raw counts `x` [N, V] over the fitted vocabulary."""
+        return self.lr.predict_proba(self.tfidf.transform(x.log1p()))[:, 1]
+
     def fit(self, events: EhrEvents, samples: list[Sample], task: str) -> "BagOfCodesBaseline":
         """Fit on the samples' events (its code vocabulary comes from these samples)."""
         x, self.vocab = bag_of_codes(events, samples)
-        self.tfidf = TfidfTransformer().fit(x)
-        y = np.array([s.labels[task] for s in samples])
-        self.lr = LogisticRegression(C=self.c, class_weight="balanced", max_iter=2000).fit(self.tfidf.transform(x), y)
-        return self
+        return self.fit_counts(x, np.array([s.labels[task] for s in samples]))
 
     def predict(self, events: EhrEvents, samples: list[Sample]) -> np.ndarray:
         """Probabilities [N] of the positive class for samples."""
         x, _ = bag_of_codes(events, samples, self.vocab)
-        return self.lr.predict_proba(self.tfidf.transform(x))[:, 1]
+        return self.predict_counts(x)
 
 
 WINDOWS_DAYS = (30.0, 365.0, float("inf"))
