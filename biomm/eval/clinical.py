@@ -9,7 +9,8 @@ features of its events before the same prediction time are computed once. Then:
   negatives (5 draws each), measured on the fold's test part; mean AUROC with a 95% interval (normal
   approximation over folds x draws), then "all" (the full-data cross-validation).
 Rows, all on the same samples: `biomm_fused` (a linear probe on the model's fused embedding: no count
-feature enters it), each modality's embedding alone, the bag-of-codes LR, the MEDS-Tab-style count GBM
+feature enters it), each modality's embedding alone, `biomm_all` (the fused embedding beside every
+modality's, still the model's own output), the bag-of-codes LR, the MEDS-Tab-style count GBM
 (LightGBM on counts and last values over 30 d / 365 d / all history), and `hybrid` (the frozen fused
 embedding next to the bag of codes, one LR) as its own row. Task heads for `biomm query` are then fitted
 on the train + val split."""
@@ -194,9 +195,11 @@ def task_rows(emb, events, samples: list[Sample], modalities: list[str]) -> dict
     bag = bag_of_codes(events, samples)[0].log1p()
     counts, _ = count_features(events, samples)
     rows: dict[str, Row] = {"biomm_fused": _lr(emb.fused)}
-    for m in modalities:
-        if m in emb.modalities and emb.present[m].any():
-            rows[f"biomm_{m}"] = _lr(emb.features(m))
+    present = [m for m in modalities if m in emb.modalities and emb.present[m].any()]
+    for m in present:
+        rows[f"biomm_{m}"] = _lr(emb.features(m))
+    if present:  # the model's whole output: the fused embedding beside each modality's (no count feature)
+        rows["biomm_all"] = _lr(np.concatenate([emb.fused] + [emb.features(m) for m in present], 1))
     rows["bag_of_codes_lr"] = _tfidf_lr(bag)
     rows["count_gbm"] = _gbm(counts)
     rows["hybrid"] = _tfidf_lr(bag, emb.fused)

@@ -25,7 +25,7 @@ def test_copies_are_new_patients_in_a_permuted_order(tmp_path):
     import gzip
 
     first = gzip.decompress(sorted(tmp_path.glob("p/*_c1_*"))[0].read_bytes())
-    assert b"urn:uuid:s1-" in first
+    assert b"urn:uuid:c1-" in first
 
 
 @pytest.mark.slow
