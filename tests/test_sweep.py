@@ -39,7 +39,10 @@ def test_tiny_grid_trains_measures_and_resumes(clinical_cohort, tmp_path, monkey
     for cell in table["cells"]:
         assert cell["parameters"] > 0 and cell["steps_per_s"] > 0
         assert "ehr->text" in cell["retrieval"]["pairs"]
-        assert "hypertension_onset_3y" in cell["tasks"]
+        task = cell["tasks"]["hypertension_onset_3y"]  # cross-validated over every sample, baselines beside
+        assert task["samples"] > task["positives"] > 0
+        assert {"fused", "bag_of_codes_lr", "count_gbm", "hybrid"} <= set(task["auroc"])
+        assert all(0.0 <= v["value"] <= 1.0 for v in task["auroc"].values())
     md = (out / "sweep.md").read_text()
     assert "| middle-default-f |" in md and "BM25" in md
     assert (out / "sweep.png").exists() and json.loads((out / "sweep.json").read_text())["cells"]

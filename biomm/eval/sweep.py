@@ -2,8 +2,9 @@
 objective set (x modalities), every cell trained and evaluated on the same cohort, split, seeds and
 step budget.
 
-Per cell: task AUROC on the test subjects (a logistic head on the fused embedding and on each
-modality's own, fitted on train + val, bootstrap 95% intervals), cross-modal retrieval recall on the
+Per cell: task AUROC by subject-level 5-fold cross-validation over every sample of the task (linear probes
+on the fused embedding, on each modality's and on all of them, beside the bag-of-codes LR and count GBM on
+the same folds; subject-bootstrap 95% intervals), cross-modal retrieval recall on the
 test subjects (`biomm.eval.retrieval`, with its BM25 and CCA baselines, the same for every cell), and
 cost (parameters, training steps per second). Writes sweep.json, sweep.md and sweep.png.
 
@@ -162,36 +163,41 @@ class StepTimer(Callback):
             self.seconds += time.perf_counter() - self.t0
 
 
-def task_auroc(loaded, dm, task, cohort: Path, split_of: dict[str, str], n_boot: int) -> dict[str, Any]:
-    """Test AUROC (bootstrap 95% interval) of logistic heads on the fused and on each modality's embedding,
-    fitted on the train + val samples of `task`."""
+BASELINE_ROWS = ("bag_of_codes_lr", "count_gbm")
+"""Rows that do not depend on the cell (shown once, under the table)."""
+
+
+def task_auroc(loaded, dm, task, cohort: Path, n_boot: int, folds: int = 5) -> dict[str, Any]:
+    """Cross-validated AUROC of `task` on every sample: subject-level `folds`-fold CV (one repeat, seed 0) with a
+    subject-bootstrap 95% interval, for linear probes on the fused embedding, on each modality's, on all of them
+    (`all`) and beside the bag of codes (`hybrid`), and for the bag-of-codes LR and count GBM on the same samples:
+    `{"samples", "positives", "subjects", "folds", "auroc": {row: {"value", "ci"}}}` (or `skipped`)."""
     from biomm.data.tasks import build_samples
-    from biomm.eval.clinical import _with_required
-    from biomm.eval.retrieval import _auroc, bootstrap_ci
-    from biomm.heads.clinical import LinearHead, embed_samples
+    from biomm.eval.clinical import _with_required, cross_validate, task_rows
+    from biomm.heads.clinical import embed_samples
 
     samples = _with_required(build_samples(task, dm.events, cohort), task, dm.collate)
-    train = [s for s in samples if split_of.get(s.subject_id) in ("train", "val")]
-    test = [s for s in samples if split_of.get(s.subject_id) == "test"]
-    y_train = np.array([s.labels[task.name] for s in train])
-    y_test = np.array([s.labels[task.name] for s in test])
-    info: dict[str, Any] = {"train": len(train), "test": len(test), "test_positives": int(y_test.sum()) if len(test) else 0}
-    if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
-        info["skipped"] = f"one class only ({int(y_train.sum())}/{len(train)} train, {info['test_positives']}/{len(test)} test positives)"
+    y = np.array([s.labels[task.name] for s in samples], dtype=float)
+    groups = np.array([s.subject_id for s in samples])
+    info: dict[str, Any] = {"samples": len(samples), "positives": int(y.sum()), "subjects": int(len(np.unique(groups)))}
+    if not samples:
+        info["skipped"] = "no samples"
         return info
-    e_train, e_test = embed_samples(loaded.model, dm.collate, train), embed_samples(loaded.model, dm.collate, test)
-    for source in ["fused", *loaded.modalities]:
-        if source != "fused" and (source not in e_train.modalities or not e_train.present[source].any()):
-            continue
-        p = LinearHead.fit(e_train.features(source), y_train, source, task.name).predict(e_test.features(source))
-        pairs = np.stack([y_test, p], 1)
-        info[source] = {"value": _auroc(y_test, p), "ci": bootstrap_ci(pairs, lambda q: _auroc(q[:, 0], q[:, 1]), n_boot)}
+    rows = task_rows(embed_samples(loaded.model, dm.collate, samples), dm.events, samples, list(loaded.modalities))
+    try:
+        cv = cross_validate(rows, y, groups, folds=folds, seeds=(0,), ks=(), bootstrap=n_boot)
+    except ValueError as exc:
+        info["skipped"] = str(exc)
+        return info
+    info["folds"] = cv["folds"]
+    info["auroc"] = {r.removeprefix("biomm_"): {"value": cv[r]["full"]["auroc"],
+                                                "ci": [cv[r]["full"]["auroc_low"], cv[r]["full"]["auroc_high"]]}
+                     for r in rows if cv[r]["full"]["auroc"] is not None}
     return info
 
 
 def run_cell(cell: dict[str, Any], cohort: Path, folder: Path, tasks: dict, n_boot: int, progress: bool = False) -> dict:
     """Train (or resume) one cell, export it, measure it; writes and returns folder/result.json."""
-    from biomm.eval.clinical import split_map
     from biomm.eval.retrieval import evaluate_retrieval
     from biomm.model.bundle import load
     from biomm.model.export import export
@@ -210,13 +216,12 @@ def run_cell(cell: dict[str, Any], cohort: Path, folder: Path, tasks: dict, n_bo
     export(run, model_dir)
     loaded = load(model_dir)
     dm = loaded.datamodule(cohort)
-    split_of = split_map(cohort)
     result: dict[str, Any] = {k: cell[k] for k in ("id", "timing", "op", "objectives", "modalities", "seed")}
     result["parameters"] = int(sum(p.numel() for p in loaded.model.parameters()))
     steps = max(0, timing.get("steps", 0) - 1)
     result["steps_per_s"] = steps / timing["seconds"] if timing.get("seconds") else None
     result["steps"] = cell["config"].trainer.max_steps
-    result["tasks"] = {name: task_auroc(loaded, dm, t, cohort, split_of, n_boot) for name, t in tasks.items()}
+    result["tasks"] = {name: task_auroc(loaded, dm, t, cohort, n_boot) for name, t in tasks.items()}
     result["retrieval"] = evaluate_retrieval(loaded, cohort, None, n_boot=n_boot, dm=dm)
     result_path.write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -271,13 +276,14 @@ def sweep_markdown(table: dict[str, Any]) -> str:
     pair = table["retrieval_pair"]
     lines = [f"# biomm sweep: {table['name']}", "",
              f"Cohort `{table['cohort']}`, base config `{table['train_config']}`, overrides {table['set'] or 'none'}, "
-             f"seeds {table['seeds']}. Every cell: the same data, split, seeds and step budget. Intervals: bootstrap 95% "
-             "over test subjects.", ""]
-    mods = sorted({m for r in table["cells"] for t in r["tasks"].values() for m in t if m not in
-                   ("train", "test", "test_positives", "skipped", "fused")})
+             f"seeds {table['seeds']}. Every cell: the same data, split, seeds and step budget. Task AUROC: subject-level "
+             "5-fold cross-validation over every sample (linear probes on the frozen embeddings), subject-bootstrap 95% "
+             "intervals; retrieval: the test subjects, bootstrap 95% intervals.", ""]
+    rows = sorted({m for r in table["cells"] for t in r["tasks"].values() for m in t.get("auroc", {})}
+                  - {"fused", *BASELINE_ROWS})
     head = ["cell", "params", "steps/s"]
     for t in table["tasks"]:
-        head += [f"{t} AUROC fused"] + [f"{t} {m}" for m in mods]
+        head += [f"{t} AUROC fused"] + [f"{t} {m}" for m in rows]
     head += [f"R@1 {pair}", f"R@10 {pair}", "mean R@1 (all pairs)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table["cells"]:
@@ -285,13 +291,20 @@ def sweep_markdown(table: dict[str, Any]) -> str:
         for t in table["tasks"]:
             info = r["tasks"].get(t, {})
             if "skipped" in info:
-                row += [f"skipped: {info['skipped']}"] + [""] * len(mods)
+                row += [f"skipped: {info['skipped']}"] + [""] * len(rows)
             else:
-                row += [_fmt(info.get("fused"))] + [_fmt(info.get(m)) for m in mods]
+                row += [_fmt(info["auroc"].get("fused"))] + [_fmt(info["auroc"].get(m)) for m in rows]
         r1 = [p["biomm"]["recall@1"]["value"] for p in r["retrieval"]["pairs"].values()]
         row += [_fmt(_recall(r, pair)), _fmt(_recall(r, pair, k=10)), f"{np.mean(r1):.3f}" if r1 else "n/a"]
         lines.append("| " + " | ".join(row) + " |")
     if table["cells"]:
+        first = table["cells"][0]["tasks"]
+        lines += ["", "Task baselines (the same samples and folds for every cell):", "",
+                  "| task | samples (positives) | " + " | ".join(BASELINE_ROWS) + " |", "|---|---|" + "---|" * len(BASELINE_ROWS)]
+        for t in table["tasks"]:
+            info = first.get(t, {})
+            lines.append(f"| {t} | {info.get('samples', 0)} ({info.get('positives', 0)}) | "
+                         + " | ".join(_fmt(info.get("auroc", {}).get(b)) for b in BASELINE_ROWS) + " |")
         ref = table["cells"][0]["retrieval"]["pairs"]
         lines += ["", "Baselines (the same for every cell) and chance, recall@1:", "",
                   "| pair | n | chance | BM25 | CCA |", "|---|---|---|---|---|"]
@@ -320,7 +333,7 @@ def sweep_plot(table: dict[str, Any], path: Path) -> Path:
         ax.set(title=title, xlim=xlim)
 
     task = table["tasks"][0] if table["tasks"] else None
-    bars(axes[0], [r["tasks"].get(task, {}).get("fused") if task else None for r in cells],
+    bars(axes[0], [r["tasks"].get(task, {}).get("auroc", {}).get("fused") if task else None for r in cells],
          f"{task} AUROC (fused)" if task else "no task", (0, 1))
     axes[0].axvline(0.5, color="k", ls=":", lw=1)
     pair = table["retrieval_pair"]

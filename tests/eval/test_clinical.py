@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biomm.data.ehr import EhrEvents, EhrVocab
 from biomm.data.samples import Sample
@@ -77,3 +79,19 @@ def test_count_features_see_only_events_before_the_prediction_time(clinical_coho
     assert x[0, col[f"last/all/{events.codes_text[last]}"]] == pytest.approx(events.values[last])
     model = CountGBM().fit(np.r_[x, x], np.array([0, 1, 0, 1]))
     assert model.predict(x).shape == (2,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=60))
+def test_fast_auroc_and_ap_equal_sklearn_with_ties(pairs):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from biomm.eval.clinical import _ap
+
+    y = np.array([int(a) for a, _ in pairs])
+    p = np.array([b / 6 for _, b in pairs])  # few distinct scores: many ties
+    if 0 < y.sum() < len(y):
+        assert _auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert _ap(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    else:
+        assert _auc(y, p) is None and _ap(y, p) is None
