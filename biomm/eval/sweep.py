@@ -126,6 +126,7 @@ def plan_cells(cfg: SweepConfig, cohort: str | Path) -> list[dict[str, Any]]:
         backbone: dict[str, Any] = {"timing": timing}
         if timing == "late":
             backbone["fusion_op"] = "concat" if op == DEFAULT_OP else op
+            backbone["stream_op"] = None  # a base preset's stream op has no stream to act on here
         else:
             backbone["stream_op"] = None if op == DEFAULT_OP else op
         objectives = {name: {"weight": 0.0} for name in ObjectivesConfig.model_fields}
