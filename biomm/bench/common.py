@@ -21,9 +21,19 @@ def run_child(module: str, *args: str) -> dict:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size in MiB (ru_maxrss)."""
+    """This process's own peak resident set size in MiB: VmHWM of /proc/self/status on Linux, else ru_maxrss.
+
+    Not ru_maxrss on Linux: across fork + exec it keeps the parent's peak, so a step run in a child of a
+    large bench process would report the parent's footprint."""
     import resource
 
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

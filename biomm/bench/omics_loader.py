@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from biomm.bench.common import peak_rss_mib
 
 
 def cache_dir() -> Path:
@@ -87,7 +88,7 @@ def worker(loader: str, path: str, max_cells: int, max_seconds: float, batch_siz
         n += x.shape[0]
         checksum += float(x[:, :4].float().sum())
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss = peak_rss_mib()
     return {"cells": n, "seconds": round(dt, 3), "cells_per_s": round(n / dt, 1), "open_seconds": round(open_s, 3),
             "peak_rss_mib": round(rss, 1), "checksum": round(checksum, 1) if np.isfinite(checksum) else None}
 
