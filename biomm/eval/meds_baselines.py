@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from scipy.sparse import csr_matrix
 
-from biomm.heads.clinical import code_count_matrix
+from biomm.heads.clinical import BagOfCodesBaseline, code_count_matrix
 
 MAX_GBM_CODES = 512
 
@@ -87,8 +87,6 @@ def _auc_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000
 def run_baselines(root: str | Path, task: str, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
     """Both baselines on one task of a MEDS dataset: fitted on train + tuning subjects, measured on held_out."""
     from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from biomm.heads.clinical import BagOfCodesBaseline
 
     root = Path(root)
     labels = read_labels(root, task)
