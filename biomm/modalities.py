@@ -61,8 +61,9 @@ _SPECS = (
         reader_configs={"fhir": "biomm.ingest.ehr.config:FhirIngestConfig",
                         "meds": "biomm.ingest.ehr.config:MedsIngestConfig"},
         tables=(
-            """CREATE TABLE IF NOT EXISTS fhir_resources (
-                resource_key VARCHAR PRIMARY KEY, content_hash VARCHAR, source_checksum VARCHAR)""",
+            # no key constraint: DuckDB holds a primary key's index wholly in memory (see biomm.store.ehr)
+            """CREATE TABLE IF NOT EXISTS fhir_resource_keys (
+                key_hash BIGINT, resource_key VARCHAR, content_hash VARCHAR, source_checksum VARCHAR)""",
             "CREATE TABLE IF NOT EXISTS codes (code VARCHAR PRIMARY KEY, display VARCHAR)",
         ),
         summary="biomm.ingest.ehr.summary:summary",

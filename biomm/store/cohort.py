@@ -34,7 +34,7 @@ from biomm.store.deid import Deidentifier, load_or_create_key
 from biomm.store.errors import CohortError
 
 MANIFEST = "cohort.duckdb"
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: FHIR resource keys in an index-free table (biomm.store.ehr)
 LOCK_TIMEOUT_ENV = "BIOMM_LOCK_TIMEOUT"  # seconds to wait for another process's manifest lock (default 60)
 DEFAULT_LOCK_TIMEOUT = 60.0
 
@@ -192,6 +192,18 @@ class Cohort:
                 self.con.execute("ROLLBACK")
                 raise
             self.con.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def bounded_memory(self, mib: int) -> Iterator[None]:
+        """DuckDB's memory limit for the block: manifest blocks it has read are evicted past `mib` instead of
+        staying cached (an ingest over a large cohort keeps a flat footprint); the old limit comes back after."""
+        old = self.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        self.con.execute(f"SET memory_limit = '{int(mib)}MB'")
+        try:
+            yield
+            self.con.execute("CHECKPOINT")  # within the limit: a checkpoint at close would run unbounded
+        finally:
+            self.con.execute(f"SET memory_limit = '{old}'")
 
     # ------------------------------------------------------------------ meta
     def _read_meta(self) -> dict[str, str]:

@@ -52,6 +52,7 @@ EVENT_SCHEMA = pa.schema([
 CHUNK_RESOURCES = 20_000  # resources resolved against the manifest at a time (bounds memory)
 POOL_MIN_FILES = 16  # below this, worker start-up costs more than it saves
 POOL_MAX_FILE_BYTES = 64 << 20  # larger files stream through the parent in pieces instead
+MANIFEST_MEMORY_MIB = 32  # DuckDB otherwise caches every manifest block it reads: RSS grew with the cohort
 
 
 class _Pending:
@@ -75,6 +76,7 @@ class FhirIngest:
         self.summary = IngestSummary(modality=MODALITY, cohort=str(cohort.root))
         self.batch = _Batch(cohort)
         self.displays: dict[str, str] = {}
+        self.pending: list[tuple[_Pending, _SourceFile, Path]] = []  # awaiting one duplicate check per chunk
 
     # ------------------------------------------------------------------ run
     def run(self, sources: Iterable[str | Path]) -> IngestSummary:
@@ -82,7 +84,7 @@ class FhirIngest:
         t0 = time.perf_counter()
         files = expand_sources(sources, FHIR_SUFFIXES)
         remove_orphan_shards(self.cohort)
-        self.manifest_empty = not ehr_store.has_resources(self.cohort)
+        ehr_store.migrate_legacy(self.cohort)
         # the per-source loop only selects the new files here: they are parsed below, in worker processes
         # when that pays, and a bad file's records are quarantined one by one as they are applied
         todo: list[tuple[Path, str]] = []
@@ -92,12 +94,12 @@ class FhirIngest:
 
         for_each_source(self.cohort, MODALITY, files, select, self.summary, progress=False)
         for pieces in iter_with_progress(self._parsed(todo), "FHIR ingest", total=len(todo), disable=not self.show_progress):
-            q_before = self.summary.quarantined
             source = None
             for parsed in pieces:
                 source = source or self.batch.open_file(parsed.path, parsed.checksum)
                 self._apply(parsed, source)
-            source.n_quarantined = self.summary.quarantined - q_before
+            if len(self.pending) >= CHUNK_RESOURCES:
+                self._resolve()
             if self.batch.full():
                 self._commit()
         self._commit()
@@ -141,6 +143,7 @@ class FhirIngest:
                 yield (parsed,)
 
     def _commit(self) -> None:
+        self._resolve()
         added, records, events = self.batch.commit()
         if self.displays:
             ehr_store.add_codes(self.cohort, self.displays)
@@ -152,8 +155,9 @@ class FhirIngest:
         self.batch = _Batch(self.cohort)
         self.batch.people = people
 
-    def _quarantine(self, err: IngestError, path: Path, payload: bytes | None = None, checksum: str | None = None) -> None:
-        quarantine(self.cohort, MODALITY, self.summary, path, err, payload=payload, checksum=checksum)
+    def _quarantine(self, err: IngestError, path: Path, source: "_SourceFile", payload: bytes | None = None) -> None:
+        quarantine(self.cohort, MODALITY, self.summary, path, err, payload=payload, checksum=source.checksum)
+        source.n_quarantined += 1
 
     def _apply(self, parsed: ParsedFile, source: "_SourceFile") -> None:
         """The parent's half: quarantine, pseudonymous keys, duplicate checks, then the batch."""
@@ -163,32 +167,27 @@ class FhirIngest:
         for code, display in parsed.displays.items():
             self.displays.setdefault(code, display)
         for reason, record, fieldname, raw in parsed.bad:
-            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, raw, parsed.checksum)
+            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, source, raw)
         token = self.cohort.deid.token
-        chunk: list[_Pending] = []
+        pending = self.pending
         for material, content, extracted, record, locator in parsed.good:
-            chunk.append(_Pending(token("resource", material), content, extracted, record,
-                                  lambda loc=locator: raw_record(path, loc)))
-            if len(chunk) >= CHUNK_RESOURCES:
-                self._resolve(chunk, source, path)
-                chunk = []
-        self._resolve(chunk, source, path)
+            pending.append((_Pending(token("resource", material), content, extracted, record,
+                                     lambda loc=locator: raw_record(path, loc)), source, path))
+            if len(pending) >= CHUNK_RESOURCES:  # a large NDJSON file resolves in pieces (bounded memory)
+                self._resolve()
         if parsed.file_error is not None:  # keep what was read before it; quarantine the raw file
             reason, record, fieldname = parsed.file_error
-            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, None, parsed.checksum)
+            self._quarantine(IngestError(path, reason, record=record, field=fieldname), path, source)
 
-    def _known(self, chunk: list[_Pending]) -> dict[str, str]:
-        """Content hashes of the chunk's resource keys already in the manifest or in this batch."""
-        if self.manifest_empty:
-            return {}
-        return ehr_store.known_resources(self.cohort, [p.key for p in chunk])
-
-    def _resolve(self, chunk: list[_Pending], source: "_SourceFile", path: Path) -> None:
-        """Drop exact duplicates, quarantine same-id-different-content, hand the rest to the batch."""
-        if not chunk:
+    def _resolve(self) -> None:
+        """The duplicate check of the pending resources, one manifest lookup for all of them (per-file lookups
+        scan the manifest once per file: quadratic): drop exact duplicates, quarantine same-id-different-content,
+        hand the rest to the batch. Resources of this run's earlier batches are in the manifest by now."""
+        pending, self.pending = self.pending, []
+        if not pending:
             return
-        known = self._known(chunk)
-        for p in chunk:
+        known = ehr_store.known_resources(self.cohort, [p.key for p, _, _ in pending])
+        for p, source, path in pending:
             prior = known.get(p.key) or self.batch.resources.get(p.key)
             if prior is None:
                 self.batch.add(p, source)
@@ -196,7 +195,7 @@ class FhirIngest:
                 self.summary.items_skipped_duplicate += 1
             else:
                 err = IngestError(path, "duplicate resource id with different content", record=p.record, field="id")
-                self._quarantine(err, path, p.raw(), source.checksum)
+                self._quarantine(err, path, source, p.raw())
 
 
 class _SourceFile:
@@ -357,5 +356,5 @@ def ingest(
     """Ingest FHIR Bundles / NDJSON files or folders into a cohort (a folder, created when missing, or an open
     Cohort); `config` is a FhirIngestConfig, a dict, a YAML path or None for the defaults."""
     cfg = reader_config(FhirIngestConfig, config)
-    with open_cohort(cohort, cfg.deid) as c:
+    with open_cohort(cohort, cfg.deid) as c, c.bounded_memory(MANIFEST_MEMORY_MIB):
         return FhirIngest(c, cfg, progress).run(sources)

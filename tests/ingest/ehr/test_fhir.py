@@ -135,6 +135,41 @@ def test_same_resources_in_a_new_file_are_not_duplicated(cohort_dir, tmp_path):
     assert len(events(cohort_dir)) == n
 
 
+def test_a_resource_repeated_across_batches_of_one_fresh_run_is_stored_once(cohort_dir, tmp_path, monkeypatch):
+    src = bundles(1)[0]
+    once = tmp_path / "once"
+    fhir.ingest([src], once)
+    expected = len(events(once))
+    copy = tmp_path / "copy.json"  # same resources in a second source, committed in a later batch of the same run
+    copy.write_bytes(gzip.decompress(src.read_bytes()))
+    monkeypatch.setattr(fhir._Batch, "MAX_FILES", 1)
+    summary = fhir.ingest([src, copy], cohort_dir)
+    assert summary.items_skipped_duplicate > 0 and summary.quarantined == 0
+    assert len(events(cohort_dir)) == expected
+    keys = manifest(cohort_dir, "SELECT count(*), count(DISTINCT resource_key) FROM fhir_resource_keys")[0]
+    assert keys[0] == keys[1] > 0
+
+
+def test_a_cohort_with_the_old_indexed_resource_table_is_migrated(cohort_dir, tmp_path):
+    src = bundles(1)[0]
+    fhir.ingest([src], cohort_dir)
+    n = len(events(cohort_dir))
+    con = duckdb.connect(str(cohort_dir / "cohort.duckdb"))  # rewrite the manifest as an older biomm left it
+    con.execute("CREATE TABLE fhir_resources (resource_key VARCHAR PRIMARY KEY, content_hash VARCHAR, "
+                "source_checksum VARCHAR)")
+    con.execute("INSERT INTO fhir_resources SELECT resource_key, content_hash, source_checksum FROM fhir_resource_keys")
+    con.execute("DROP TABLE fhir_resource_keys")
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(gzip.decompress(src.read_bytes()))
+    summary = fhir.ingest([copy], cohort_dir)
+    assert summary.items_written == 0 and summary.items_skipped_duplicate > 0
+    assert len(events(cohort_dir)) == n
+    tables = {r[0] for r in manifest(cohort_dir, "SELECT table_name FROM information_schema.tables")}
+    assert "fhir_resources" not in tables
+
+
 def _bad_cases(tmp: Path, good: dict) -> dict[str, Path]:
     entries = good["entry"]
     patient = entries[0]["resource"]
