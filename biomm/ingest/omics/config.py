@@ -33,6 +33,6 @@ class OmicsIngestConfig(StrictModel):
     rna_modality: str | None = Field(None, description="MuData: the expression modality (default: 'rna', else the one best mapped to genes)")
     backed_above_mb: float = Field(1024, gt=0, description=".h5ad files larger than this open backed (lazily)")
     max_in_memory_cells: int = Field(300_000, ge=1, description="Above this, preprocess in chunks of chunk_cells")
-    chunk_cells: int = Field(50_000, ge=100)
-    hvg_sample_cells: int = Field(50_000, ge=100, description="Chunked path: HVGs from a random sample of this many cells")
+    chunk_cells: int = Field(10_000, ge=100, description="Chunked path: cells preprocessed at a time (bounds memory)")
+    hvg_sample_cells: int = Field(25_000, ge=100, description="Chunked path: HVGs from a random sample of this many cells")
     seed: int = 0

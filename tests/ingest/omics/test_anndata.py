@@ -202,6 +202,13 @@ def test_chunked_path_matches_cells(files, cohort_dir):
         a = ad.read_h5ad(c.path(c.records("omics")[0]["path"]))
     assert a.n_obs == 700 and a.var["highly_variable"].sum() == 300 and "counts" in a.layers
     assert a.uns["biomm"]["source_state"] == "counts" and a.obs["biomm_subject_id"].str.startswith("cell:").all()
+    whole = cohort_dir.parent / "whole"  # the in-memory path: same per-cell values on the genes it keeps
+    _ingest([files / "pbmc_counts.h5ad"], whole, CFG)
+    with Cohort(whole) as c:
+        b = ad.read_h5ad(c.path(c.records("omics")[0]["path"]))
+    genes = b.var_names
+    np.testing.assert_allclose(a[b.obs_names, genes].X.toarray(), b.X.toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a[b.obs_names, genes].layers["counts"].toarray(), b.layers["counts"].toarray())
 
 
 def test_write_back_to_file_and_adata(files, cohort_dir):
