@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import random
 import secrets
 import shutil
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +50,36 @@ def make_patients(scale: int, out: Path, seed: int = 0, start: int = 0, count: i
     """`scale` copies of the first `base_patients` shipped bundles with fresh ids, written as gzip files in a
     seeded permuted order (copy k, file f -> `<rank>_c<k>_<f>`); `start`/`count` write only part of the copies
     (the 1% top-up)."""
-    from biomm.bench.ingest_fhir import rekeyed_bundle
-
     out.mkdir(parents=True, exist_ok=True)
     base = sorted(SYNTHEA.glob("*.json.gz"))[:base_patients]
     jobs = [(k, f) for k in range(scale) for f in base][start:None if count is None else start + count]
     order = list(range(len(jobs)))
     random.Random(seed).shuffle(order)
-    files = []
+    files, todo = [], []
     for rank, (k, f) in zip(order, jobs):
         path = out / f"{rank:07d}_c{k}_{f.name.split('_')[-1]}"  # the copy's name carries no patient name
         if not path.exists():
-            text = rekeyed_bundle(gzip.decompress(f.read_bytes()), k)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(gzip.compress(text, 1))
-            tmp.rename(path)
+            todo.append((f, k, path))
         files.append(path)
+    workers = min(os.cpu_count() or 1, 8) if len(todo) >= 500 else 1
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_copy, todo, chunksize=64))
+    else:
+        for job in todo:
+            _write_copy(job)
     return files
+
+
+def _write_copy(job: tuple[Path, int, Path]) -> None:
+    """Copy `k` of one shipped bundle, rekeyed, written atomically to `path` (gzip level 1)."""
+    from biomm.bench.ingest_fhir import rekeyed_bundle
+
+    source, k, path = job
+    text = rekeyed_bundle(gzip.decompress(source.read_bytes()), k)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(text, 1))
+    tmp.rename(path)
 
 
 def make_images(scale: int, out: Path, xrays: Path) -> list[Path]:

@@ -35,11 +35,16 @@ _REFERENCE_KEYS = ("participant", "requester", "performer", "recorder", "asserte
                    "individual", "generalPractitioner", "provider", "encounter")
 
 
-def people_names(res: dict) -> set[str]:
+_NAME_SPLIT = re.compile(r"[\s.,]+")
+
+
+def people_names(res: dict, seen: set[str] | None = None) -> set[str]:
     """Name parts (2+ characters) of the people a resource names: the HumanNames of a Practitioner,
     RelatedPerson or Person, and the `display` of its references to people (`participant.individual`,
-    `requester`, `performer`, ...). Narratives mention them, so notes are scrubbed of them too."""
+    `requester`, `performer`, ...). Narratives mention them, so notes are scrubbed of them too.
+    `seen`: displays already split (the same practitioner is named on most resources of a file)."""
     out: set[str] = set()
+    seen = set() if seen is None else seen
     if res.get("resourceType") in PEOPLE_TYPES:
         for name in res.get("name") or ():
             if isinstance(name, dict):
@@ -52,8 +57,9 @@ def people_names(res: dict) -> set[str]:
             stack.extend(node)
         elif isinstance(node, dict):
             display = node.get("display")
-            if isinstance(display, str) and "reference" in node:
-                out.update(w for w in re.split(r"[\s.,]+", display) if len(w) > 1)
+            if isinstance(display, str) and "reference" in node and display not in seen:
+                seen.add(display)
+                out.update(w for w in _NAME_SPLIT.split(display) if len(w) > 1)
             stack.extend(node.get(k) for k in ("individual", "actor", "who") if k in node)
     return out
 
@@ -88,6 +94,7 @@ def parse_pieces(path: Path, checksum: str, strict: bool, latest: datetime, piec
     extract = Extractor(latest)
     validate = strict_validator() if strict else None
     out = ParsedFile(path, checksum)
+    displays_seen: set[str] = set()
 
     def bad(err: IngestError, raw) -> None:
         out.bad.append((err.reason, err.record, err.field, raw()))
@@ -107,7 +114,7 @@ def parse_pieces(path: Path, checksum: str, strict: bool, latest: datetime, piec
             if kind == "r5":
                 bad(ctx.error(f"R5-only resourceType {rtype!r} under R4", "resourceType"), raw)
                 continue
-            out.people |= people_names(res)
+            out.people |= people_names(res, displays_seen)
             if kind == "ignore":
                 out.ignored += 1
                 continue
