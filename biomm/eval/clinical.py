@@ -64,13 +64,15 @@ def _with_required(samples: list[Sample], task: TaskDef, collate) -> list[Sample
 
 
 # ------------------------------------------------------------------------------------ rows
-Row = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
-"""`row(train_idx, y_train, test_idx, seed) -> probabilities [len(test_idx)]` over one task's samples."""
+Row = Callable[[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray], np.ndarray]
+"""`row(train_idx, y_train, test_idx, seed, pool_idx) -> probabilities [len(test_idx)]` over one task's samples.
+`pool_idx`: the whole training fold, unlabelled (few-shot rows train on a subset of it); feature scaling and
+TF-IDF weights are fitted on it, the same for every row, and no label outside `train_idx` is read."""
 
 
 def _lr(x: np.ndarray) -> Row:
-    def row(tr, y, te, seed):
-        return LinearHead.fit(x[tr], y, "probe", "cv").predict(x[te])
+    def row(tr, y, te, seed, pool):
+        return LinearHead.fit(x[tr], y, "probe", "cv", scale_on=x[pool]).predict(x[te])
     return row
 
 
@@ -81,11 +83,11 @@ def _tfidf_lr(x, dense: np.ndarray | None = None) -> Row:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    def row(tr, y, te, seed):
-        tfidf = TfidfTransformer().fit(x[tr])
+    def row(tr, y, te, seed, pool):
+        tfidf = TfidfTransformer().fit(x[pool])
         a, b = tfidf.transform(x[tr]), tfidf.transform(x[te])
         if dense is not None:
-            sc = StandardScaler().fit(dense[tr])
+            sc = StandardScaler().fit(dense[pool])
             # the embedding block weighs as much as the unit-norm TF-IDF row
             scale = 1.0 / np.sqrt(dense.shape[1])
             a = hstack([a, csr_matrix(sc.transform(dense[tr]) * scale)]).tocsr()
@@ -96,7 +98,7 @@ def _tfidf_lr(x, dense: np.ndarray | None = None) -> Row:
 
 
 def _gbm(x: np.ndarray) -> Row:
-    def row(tr, y, te, seed):
+    def row(tr, y, te, seed, pool):
         return CountGBM(seed).fit(x[tr], y).predict(x[te])
     return row
 
@@ -170,7 +172,7 @@ def cross_validate(rows: dict[str, Row], y: np.ndarray, groups: np.ndarray, fold
         preds = {r: np.full(len(y), np.nan) for r in rows}
         for tr, te in subject_folds(y, groups, folds, seed):
             for r, row in rows.items():
-                preds[r][te] = row(tr, y[tr], te, seed)
+                preds[r][te] = row(tr, y[tr], te, seed, tr)
             if rep >= few_shot_seeds or not 0 < y[te].sum() < len(te):
                 continue
             pos, neg = tr[y[tr] == 1], tr[y[tr] == 0]
@@ -181,7 +183,7 @@ def cross_validate(rows: dict[str, Row], y: np.ndarray, groups: np.ndarray, fold
                     rng = np.random.default_rng([seed, k, d])
                     sub = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
                     for r, row in rows.items():
-                        shots[r].setdefault(k, []).append(_auc(y[te], row(sub, y[sub], te, seed)))
+                        shots[r].setdefault(k, []).append(_auc(y[te], row(sub, y[sub], te, seed, tr)))
         for r in rows:
             oof[r].append(preds[r])
     out: dict[str, Any] = {"folds": folds, "repeats": len(seeds), "draws": draws}

@@ -94,11 +94,14 @@ class LinearHead:
         self.mean, self.scale, self.coef, self.intercept, self.source, self.task = mean, scale, coef, intercept, source, task
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, source: str, task: str, c: float = 0.1) -> "LinearHead":
-        """Fit on features [N, F] and binary labels [N]; ValueError when the training split has one class."""
+    def fit(cls, x: np.ndarray, y: np.ndarray, source: str, task: str, c: float = 0.1,
+            scale_on: np.ndarray | None = None) -> "LinearHead":
+        """Fit on features [N, F] and binary labels [N]; ValueError when the training split has one class.
+        `scale_on` [M, F]: unlabelled features the standardiser is fitted on (default `x`): with a few labelled
+        samples, scaling by their own spread turns every noise dimension into a unit-variance one."""
         if len(np.unique(y)) < 2:
             raise ValueError(f"task {task}: the training split has only one class ({int(y.sum())} positives of {len(y)})")
-        scaler = StandardScaler().fit(x)
+        scaler = StandardScaler().fit(x if scale_on is None else scale_on)
         lr = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(scaler.transform(x), y)
         return cls(scaler.mean_, scaler.scale_, lr.coef_[0], float(lr.intercept_[0]), source, task)
 

@@ -47,6 +47,23 @@ def test_cross_validate_rows_intervals_and_few_shot():
     assert t["best_baseline"] in ("bag_of_codes_lr", "count_gbm") and t["hybrid_ge_best_baseline"]
 
 
+def test_few_shot_probes_scale_features_on_the_unlabelled_training_fold():
+    # one informative dimension among 30 noisy ones of larger spread: standardised on the 2 labelled samples
+    # alone every dimension weighs the same, standardised on the fold's (unlabelled) samples the signal stands out
+    rng = np.random.default_rng(0)
+    n = 400
+    y = (rng.random(n) < 0.5).astype(float)
+    x = np.c_[2.0 * y + rng.normal(scale=0.5, size=n), rng.normal(scale=3.0, size=(n, 30))]
+    row = _lr(x)
+    tr, te = np.arange(300), np.arange(300, n)
+    aucs = {"pool": [], "own": []}
+    for d in range(20):
+        sub = np.concatenate([rng.choice(tr[y[tr] == 1], 1), rng.choice(tr[y[tr] == 0], 1)])
+        aucs["pool"].append(_auc(y[te], row(sub, y[sub], te, 0, tr)))
+        aucs["own"].append(_auc(y[te], row(sub, y[sub], te, 0, sub)))
+    assert np.mean(aucs["pool"]) > np.mean(aucs["own"]) + 0.05
+
+
 def test_bootstrap_interval_is_by_subject():
     x, y, groups = _data()
     p = x[:, 0]
