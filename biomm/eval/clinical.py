@@ -25,6 +25,7 @@ from biomm.config import ConfigError
 from biomm.data.samples import Sample
 from biomm.data.tasks import TaskDef, build_samples, describe_samples
 from biomm.eval import plots
+from biomm.eval.metrics import auroc, average_precision, bootstrap_interval
 from biomm.heads.clinical import (
     CountGBM,
     LinearHead,
@@ -103,57 +104,11 @@ def _gbm(x: np.ndarray) -> Row:
     return row
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
-    """AUROC of scores `p` [N] for labels `y` [N] (None with one class): the Mann-Whitney statistic on average
-    ranks, equal to sklearn's `roc_auc_score` (ties included) and ~20x faster, which the bootstrap needs."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y) == 1
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if not n1 or not n0:
-        return None
-    return float((rankdata(p)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def _ap(y: np.ndarray, p: np.ndarray) -> float | None:
-    """Average precision of `p` [N] for `y` [N] (None with one class): sum over thresholds of the recall step
-    times the precision, tied scores one threshold; equal to sklearn's `average_precision_score`, faster."""
-    y = np.asarray(y) == 1
-    if not 0 < y.sum() < len(y):
-        return None
-    order = np.argsort(-np.asarray(p), kind="mergesort")
-    ps, ys = np.asarray(p)[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]  # the last index of each group of tied scores
-    tps = np.cumsum(ys)[last]
-    precision = tps / (last + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def subject_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) index pairs of a subject-level stratified k-fold split (a subject's samples share a fold)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     return list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups))
-
-
-def bootstrap_interval(y: np.ndarray, preds: list[np.ndarray], groups: np.ndarray, metric, n: int = 200,
-                       seed: int = 0) -> tuple[float | None, float | None]:
-    """95% interval of the repeat-mean `metric(y, p)` under a subject-level (cluster) bootstrap."""
-    rng = np.random.default_rng(seed)
-    subjects, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == i) for i in range(len(subjects))]
-    values = []
-    for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(subjects), len(subjects))])
-        per = [metric(y[idx], p[idx]) for p in preds]
-        per = [v for v in per if v is not None]
-        if per:
-            values.append(float(np.mean(per)))
-    if len(values) < n // 2:
-        return None, None
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
 def cross_validate(rows: dict[str, Row], y: np.ndarray, groups: np.ndarray, folds: int = 5,
@@ -183,15 +138,15 @@ def cross_validate(rows: dict[str, Row], y: np.ndarray, groups: np.ndarray, fold
                     rng = np.random.default_rng([seed, k, d])
                     sub = np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, k, replace=False)])
                     for r, row in rows.items():
-                        shots[r].setdefault(k, []).append(_auc(y[te], row(sub, y[sub], te, seed, tr)))
+                        shots[r].setdefault(k, []).append(auroc(y[te], row(sub, y[sub], te, seed, tr)))
         for r in rows:
             oof[r].append(preds[r])
     out: dict[str, Any] = {"folds": folds, "repeats": len(seeds), "draws": draws}
     for r in rows:
-        aucs = [_auc(y, p) for p in oof[r]]
-        aps = [_ap(y, p) for p in oof[r]]
-        lo, hi = bootstrap_interval(y, oof[r], groups, _auc, bootstrap)
-        plo, phi = bootstrap_interval(y, oof[r], groups, _ap, bootstrap, seed=1)
+        aucs = [auroc(y, p) for p in oof[r]]
+        aps = [average_precision(y, p) for p in oof[r]]
+        lo, hi = bootstrap_interval(y, oof[r], groups, auroc, bootstrap)
+        plo, phi = bootstrap_interval(y, oof[r], groups, average_precision, bootstrap, seed=1)
         few = {}
         for k, vals in sorted(shots[r].items()):
             v = np.array([a for a in vals if a is not None])

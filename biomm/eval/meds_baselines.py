@@ -66,22 +66,14 @@ def code_counts(root: str | Path, labels: pa.Table, vocab: dict[str, int] | None
 
 def _auc_ci(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """AUROC and AUPRC with a 95% subject-bootstrap interval (None where one class is missing)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from biomm.eval.metrics import auroc, average_precision, bootstrap_interval
 
     if len(np.unique(y)) < 2:
         return {"auroc": None, "auprc": None}
-    rng = np.random.default_rng(seed)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    aucs, aps = [], []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        if len(np.unique(y[idx])) == 2:
-            aucs.append(roc_auc_score(y[idx], p[idx]))
-            aps.append(average_precision_score(y[idx], p[idx]))
-    ci = lambda v: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)] if v else None  # noqa: E731
-    return {"auroc": round(float(roc_auc_score(y, p)), 4), "auroc_ci95": ci(aucs),
-            "auprc": round(float(average_precision_score(y, p)), 4), "auprc_ci95": ci(aps)}
+    ci = lambda metric: [None if v is None else round(v, 4)  # noqa: E731
+                         for v in bootstrap_interval(y, [p], groups, metric, n_boot, seed)]
+    return {"auroc": round(auroc(y, p), 4), "auroc_ci95": ci(auroc),
+            "auprc": round(average_precision(y, p), 4), "auprc_ci95": ci(average_precision)}
 
 
 def run_baselines(root: str | Path, task: str, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:

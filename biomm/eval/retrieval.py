@@ -24,6 +24,7 @@ import numpy as np
 
 from biomm.data.samples import Sample
 from biomm.eval import plots
+from biomm.eval.metrics import auroc
 from biomm.heads.clinical import binary_metrics, embed_samples
 from biomm.model.bundle import LoadedModel
 from biomm.store.cohort import Cohort
@@ -279,17 +280,16 @@ def zero_shot(loaded: LoadedModel, dm, cohort: str | Path, test: list[Sample], e
             score = s[:, 0] - s[:, 1]
             auc = binary_metrics(y, 1 / (1 + np.exp(-score)))["auroc"]
             pairs = np.stack([y, score], 1)
-            ci = bootstrap_ci(pairs, lambda p: _auroc(p[:, 0], p[:, 1]), n_boot)
+            ci = bootstrap_ci(pairs, _auroc_or_chance, n_boot)
             out[f"{name}/{m}"] = {"prompts": [pos, neg], "n": len(rows), "positives": int(y.sum()),
                                   "auroc": {"value": auc, "ci": ci}, "chance": 0.5}
     return out
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    """AUROC, 0.5 where a resample has one class only."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < len(y) else 0.5
+def _auroc_or_chance(pairs: np.ndarray) -> float:
+    """AUROC of (label, score) rows [N, 2]; 0.5 where a resample has one class only."""
+    v = auroc(pairs[:, 0], pairs[:, 1])
+    return 0.5 if v is None else v
 
 
 def _cell(m: dict | None, key: str) -> str:

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from biomm.data.ehr import EhrEvents, EhrVocab
 from biomm.data.samples import Sample
-from biomm.eval.clinical import bootstrap_interval, cross_validate, subject_folds, summarise, _auc, _lr, _gbm
+from biomm.eval.clinical import cross_validate, subject_folds, summarise, _lr, _gbm
+from biomm.eval.metrics import auroc as _auc, bootstrap_interval
 from biomm.heads.clinical import CountGBM, count_features
 
 
@@ -103,7 +104,7 @@ def test_count_features_see_only_events_before_the_prediction_time(clinical_coho
 def test_fast_auroc_and_ap_equal_sklearn_with_ties(pairs):
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from biomm.eval.clinical import _ap
+    from biomm.eval.metrics import average_precision as _ap
 
     y = np.array([int(a) for a, _ in pairs])
     p = np.array([b / 6 for _, b in pairs])  # few distinct scores: many ties
