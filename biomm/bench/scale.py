@@ -157,30 +157,17 @@ def _step_loader(cohort: str, batches: str) -> dict:
 
 
 def _step_train(cohort: str, out: str, steps: str) -> dict:
-    from lightning.pytorch.callbacks import Callback
-
     from biomm.train.config import load_train_config
     from biomm.train.run import fit
+    from biomm.train.timing import StepTimer
 
-    class StepTimes(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.t = 0.0
-
-        def on_train_batch_start(self, *args) -> None:
-            self.t = time.perf_counter()
-
-        def on_train_batch_end(self, *args) -> None:
-            self.times.append(time.perf_counter() - self.t)
-
-    timer = StepTimes()
+    timer = StepTimer()
     n = int(steps)
     cfg = load_train_config(TRAIN_CONFIG, TRAIN_OVERRIDES + [f"trainer.max_steps={n}", f"trainer.val_every_n_steps={n}",
                                                              f"trainer.checkpoint_every_n_steps={n}"])
     t0 = time.perf_counter()
     fit(cfg, cohort, out, progress=False, extra_callbacks=[timer])
-    steady = timer.times[min(5, len(timer.times) - 1):]
-    return {"seconds": time.perf_counter() - t0, "step_s": float(np.median(steady)), "steps": len(timer.times)}
+    return {"seconds": time.perf_counter() - t0, "step_s": float(np.median(timer.steady(5))), "steps": timer.steps}
 
 
 def _step_export(run: str, to: str) -> dict:

@@ -66,49 +66,15 @@ def build_cell_cohort(work: Path) -> Path:
     return cohort
 
 
-def _throughput_callback(warmup: int):
-    from lightning.pytorch.callbacks import Callback
-
-    class Throughput(Callback):
-        """Subjects/s and data-wait share over the steps after `warmup`."""
-
-        def __init__(self) -> None:
-            self.step = 0
-            self.subjects = 0
-            self.t_warm: float | None = None
-            self.t_last: float | None = None
-            self.t_end_prev: float | None = None
-            self.t_start: float = 0.0
-            self.data_s = self.compute_s = 0.0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            now = time.perf_counter()
-            if self.t_warm is not None and self.t_end_prev is not None:
-                self.data_s += now - self.t_end_prev
-            self.t_start = now
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            now = time.perf_counter()
-            self.step += 1
-            if self.t_warm is not None:
-                self.compute_s += now - self.t_start
-                self.subjects += batch.size
-                self.t_last = now
-            elif self.step == warmup:
-                self.t_warm = now
-            self.t_end_prev = now
-
-        def result(self) -> dict:
-            if self.t_warm is None or self.t_last is None:
-                raise RuntimeError(f"run too short: {self.step} steps, warm-up {warmup}")
-            seconds = self.t_last - self.t_warm
-            return {"timed_steps": self.step - warmup, "timed_subjects": self.subjects, "timed_seconds": seconds,
-                    "subjects_per_s": self.subjects / seconds,
-                    "loader_fraction": self.data_s / max(self.data_s + self.compute_s, 1e-12),
-                    "data_s_per_step": self.data_s / max(self.step - warmup, 1),
-                    "compute_s_per_step": self.compute_s / max(self.step - warmup, 1)}
-
-    return Throughput()
+def throughput(timer, warmup: int) -> dict:
+    """Subjects/s and the data-wait share over the steps after `warmup`, from a `StepTimer`'s record."""
+    if timer.steps <= warmup or warmup < 1:
+        raise RuntimeError(f"run too short: {timer.steps} steps, warm-up {warmup}")
+    data_s, compute_s = sum(timer.gaps[warmup - 1:]), sum(timer.times[warmup:])
+    seconds, subjects, steps = data_s + compute_s, sum(timer.sizes[warmup:]), timer.steps - warmup
+    return {"timed_steps": steps, "timed_subjects": subjects, "timed_seconds": seconds,
+            "subjects_per_s": subjects / seconds, "loader_fraction": data_s / max(seconds, 1e-12),
+            "data_s_per_step": data_s / steps, "compute_s_per_step": compute_s / steps}
 
 
 def _loader_alone_s_per_step(cfg, cohort: str, out: Path, warmup: int) -> float:
@@ -130,19 +96,20 @@ def child_main(preset: str, precision: str, cohort: str, steps: str, warmup: str
     """Child process: one training run; prints its throughput, loader fraction and peak RSS."""
     import torch
 
-    from biomm.train.run import fit
     from biomm.train.config import load_train_config
+    from biomm.train.run import fit
+    from biomm.train.timing import StepTimer
 
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
     n = int(steps)
     cfg = load_train_config(CONFIGS[preset], [f"trainer.max_steps={n}", f"trainer.precision={precision}",
                                               f"trainer.val_every_n_steps={n}", f"trainer.checkpoint_every_n_steps={n}"])
-    cb = _throughput_callback(int(warmup))
+    cb = StepTimer()
     with tempfile.TemporaryDirectory(prefix="biomm-bench-train-run-") as out:
         metrics = fit(cfg, cohort, Path(out) / "run", progress=False, extra_callbacks=[cb])
         loader_alone = _loader_alone_s_per_step(cfg, cohort, Path(out) / "loader", int(warmup))
-    print(json.dumps({**cb.result(), "loader_alone_s_per_step": loader_alone, "steps": metrics["steps"], "fit_loader_fraction": metrics["loader_fraction"],
+    print(json.dumps({**throughput(cb, int(warmup)), "loader_alone_s_per_step": loader_alone, "steps": metrics["steps"], "fit_loader_fraction": metrics["loader_fraction"],
                       "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
                       "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib()}))
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import yaml
-from lightning.pytorch.callbacks import Callback
 from pydantic import Field
 
 from biomm.config import ConfigError, StrictModel
+from biomm.train.timing import StepTimer
 
 TIMINGS = ("early", "late", "middle")
 DEFAULT_OP = "default"
@@ -147,23 +147,6 @@ def plan_cells(cfg: SweepConfig, cohort: str | Path) -> list[dict[str, Any]]:
     return cells
 
 
-class StepTimer(Callback):
-    """Lightning callback: wall time of the training steps (the first one, with its warm-up, left out)."""
-
-    def __init__(self) -> None:
-        self.t0, self.steps, self.seconds = 0.0, 0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        """Start the step's clock."""
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        """Count the step; add its time from the second step on."""
-        self.steps += 1
-        if self.steps > 1:
-            self.seconds += time.perf_counter() - self.t0
-
-
 BASELINE_ROWS = ("bag_of_codes_lr", "count_gbm")
 """Rows that do not depend on the cell (shown once, under the table)."""
 
@@ -212,7 +195,7 @@ def run_cell(cell: dict[str, Any], cohort: Path, folder: Path, tasks: dict, n_bo
     if not (run / "metrics.json").exists():
         resume = (run / "checkpoints" / "last.ckpt").exists()
         fit(cell["config"], cohort, run, resume=resume, progress=progress, extra_callbacks=[timer])
-        (folder / "timing.json").write_text(json.dumps({"steps": timer.steps, "seconds": timer.seconds, "resumed": resume}))
+        (folder / "timing.json").write_text(json.dumps({"steps": timer.steps, "seconds": sum(timer.steady(1)), "resumed": resume}))
     timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
     export(run, model_dir)
     loaded = load(model_dir)

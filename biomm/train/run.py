@@ -7,7 +7,6 @@ the same weights as one that was never interrupted (bitwise in fp32, within bf16
 import json
 import platform
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from biomm.train.config import TrainConfig
 from biomm.train.plan import LAST, BiommLightning
 from biomm.train.precision import resolve_precision
 from biomm.train.sampling import StepCells, StepSampler, TimedLoader
+from biomm.train.timing import StepTimer
 
 console = Console(stderr=True)
 
@@ -60,28 +60,12 @@ class _StepDataModule(L.LightningDataModule):
         return self.dm.val_dataloader()
 
 
-class _Timing(Callback):
-    """Steady-state time per step waiting for data (the TimedLoader's `next()`, first batch aside)
-    against compute (the step itself, first step aside)."""
-
-    def __init__(self, data: "_StepDataModule") -> None:
-        self.data = data
-        self.compute_s = 0.0
-        self._t_start = 0.0
-        self._steps = 0
-
-    @property
-    def data_s(self) -> float:
-        loader = getattr(self.data, "loader", None)
-        return loader.fetch_s if loader is not None else 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t_start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._steps += 1
-        if self._steps > 1:
-            self.compute_s += time.perf_counter() - self._t_start
+def _loader_fraction(data: "_StepDataModule", timer: StepTimer) -> float:
+    """Steady-state share of a step spent waiting for data: the TimedLoader's `next()` (first batch aside)
+    against the steps' compute (first step aside)."""
+    loader = getattr(data, "loader", None)
+    data_s = loader.fetch_s if loader is not None else 0.0
+    return round(data_s / max(data_s + sum(timer.steady(1)), 1e-9), 4)
 
 
 # ------------------------------------------------------------------------------ fit
@@ -165,7 +149,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     console.print(f"[bold]precision[/]: {precision} ({why})")
     step_data = _StepDataModule(dm, resolved)
-    timing = _Timing(step_data)
+    timing = StepTimer()
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:06d}", every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
                         save_last=True, save_top_k=1, monitor="step", mode="max", auto_insert_metric_name=False),
@@ -194,7 +178,7 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
         module.model.save(out / "model")
         save_objectives(module.objectives, out / "model")
         metrics = {**module.final_metrics, "steps": trainer.global_step,
-                   "loader_fraction": round(timing.data_s / max(timing.data_s + timing.compute_s, 1e-9), 4)}
+                   "loader_fraction": _loader_fraction(step_data, timing)}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if progress:
             print_metrics(metrics)
