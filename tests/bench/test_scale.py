@@ -33,9 +33,9 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     from biomm.cli import app
 
     png = tmp_path / "scale.png"
-    res = CliRunner().invoke(app, ["bench", "scale", "--scales", "1,2", "--cells", "500,1000", "--patients", "40",
-                                   "--work", str(tmp_path / "w"), "--png", str(png), "--train-steps", "6",
-                                   "--query-seconds", "2", "--in-process"])
+    res = CliRunner().invoke(app, ["bench", "scale", "--scales", "1,2", "--cells", "300,600", "--patients", "30",
+                                   "--work", str(tmp_path / "w"), "--png", str(png), "--train-steps", "4",
+                                   "--query-seconds", "1", "--in-process"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert set(out["growth_exponents"]) >= {"fhir ingest", "dicom ingest", "omics ingest", "embed", "index build",
@@ -43,8 +43,8 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     assert all(v is not None for v in out["growth_exponents"].values())
     assert png.exists() and png.stat().st_size > 10_000
     inc = out["incremental"]
-    assert inc["reingest"]["skipped"] == 80 and inc["reingest"]["subjects_added"] == inc["patients_added"] == 1
-    assert inc["reembed"]["embedded"] == 1 and inc["reembed"]["subjects"] == 81
+    assert inc["reingest"]["skipped"] == 60 and inc["reingest"]["subjects_added"] == inc["patients_added"] == 1
+    assert inc["reembed"]["embedded"] == 1 and inc["reembed"]["subjects"] == 61
     assert out["rows"]["query"][-1]["errors"] == 0
 
 

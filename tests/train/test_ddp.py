@@ -16,7 +16,7 @@ from biomm.bench.scale import TRAIN_CONFIG, TRAIN_OVERRIDES
 # here is the one `biomm bench scale` times at every cohort size; masked modelling draws its masks per
 # process, so the bench (and this test) train without it: the contrastive loss is the one DDP must keep exact
 COMMON = [o for o in TRAIN_OVERRIDES if not o.startswith("data.batch_size=")] + [
-    "trainer.max_steps=6", "trainer.val_every_n_steps=6", "trainer.checkpoint_every_n_steps=6", "trainer.log_every_n_steps=1"]
+    "trainer.max_steps=4", "trainer.val_every_n_steps=4", "trainer.checkpoint_every_n_steps=4", "trainer.log_every_n_steps=1"]
 BATCH = int(next(o for o in TRAIN_OVERRIDES if o.startswith("data.batch_size=")).split("=")[1])
 
 
@@ -34,6 +34,6 @@ def test_two_process_ddp_matches_one_process(clinical_cohort, tmp_path):
                                                    "trainer.strategy=ddp_spawn"])
     fit(two, clinical_cohort, tmp_path / "two", progress=False)
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-    assert len(a) == len(b) == 6
+    assert len(a) == len(b) == 4
     for step, (x, y) in enumerate(zip(a, b)):
         assert abs(x - y) <= 2e-3 * max(1.0, abs(x)), f"step {step}: one process {x:.5f}, two processes {y:.5f}"

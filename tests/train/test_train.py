@@ -103,8 +103,9 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     # One thread: multi-threaded CPU reductions add run-to-run noise (~1e-3 after a few steps, the
     # "bf16 tolerance" of the contract); single-threaded, resume must be exact.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    straight = tmp_path / "straight"
-    subprocess.run([*cmd, "--out", str(straight), *sets], check=True, capture_output=True, timeout=300, env=env)
+    straight = tmp_path / "straight"  # trains beside the victim (one thread each, two cores)
+    reference = subprocess.Popen([*cmd, "--out", str(straight), *sets], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, env=env)
     killed = tmp_path / "killed"
     # slow the victim down (a callback injected into fit) so that it is still training when the step-4
     # checkpoint lands (resuming there crosses a Lightning epoch boundary, where a loader that restarts
@@ -121,6 +122,8 @@ def test_kill_and_resume_gives_the_same_weights(clinical_cohort, tmp_path):
     assert (killed / "checkpoints" / "last.ckpt").exists()
     assert not (killed / "model").exists(), "the victim finished before it was killed"
     subprocess.run([*cmd, "--resume", str(killed), *sets], check=True, capture_output=True, timeout=300, env=env)
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err.decode()[-2000:]
     a, b = _weights(straight), _weights(killed)
     assert a.keys() == b.keys()
     for k in a:
