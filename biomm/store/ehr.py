@@ -36,11 +36,6 @@ def migrate_legacy(cohort: Cohort) -> None:
         con.execute(f"DROP TABLE {_LEGACY_TABLE}")
 
 
-def has_resources(cohort: Cohort) -> bool:
-    """Whether any FHIR resource was ingested into the cohort."""
-    return cohort.con.execute(f"SELECT count(*) FROM {RESOURCE_TABLE}").fetchall()[0][0] > 0
-
-
 def known_resources(cohort: Cohort, keys: Sequence[str]) -> dict[str, str]:
     """Content hashes of those of the pseudonymous resource `keys` the cohort already holds."""
     if not keys:
