@@ -76,6 +76,13 @@ class Adapter(nn.Module, ABC):
                     child.eval()
         return self
 
+    def set_tables(self, tables: dict[str, torch.Tensor]) -> None:
+        """Fill fixed tables the data decides (buffers the weights then carry, e.g. the EHR's code word pieces);
+        adapters without such tables ignore them."""
+
+    def tie(self, adapters: nn.ModuleDict) -> None:
+        """Share parameters with the model's other adapters where the config asks (called once by the factory)."""
+
     @abstractmethod
     def encode(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder hidden states [B, T, E] and the real-token mask [B, T]."""

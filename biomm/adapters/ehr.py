@@ -8,7 +8,12 @@ Each event = code embedding + value embedding + time embeddings, one vector per 
   the age at the event (sinusoidal, periods up to ~100 years) and the time since the previous
   event (log2 buckets);
 - static facts (sex, race, ethnicity, birth) are their own tokens: a learned "static" embedding
-  replaces their time embeddings.
+  replaces their time embeddings;
+- `code_text` (DescEmb, Hur et al. 2022): each code's embedding adds the mean word-piece embedding of its
+  display name ("Childhood asthma"), so rare codes share what their words mean; `shared` ties those word
+  embeddings to the text encoder's, so EHR and notes start from one lexical space. The table of each
+  code's word pieces (`code_words` [vocab_size, code_text_length] long, 0 = pad) is a buffer the data
+  fills (`set_tables`) and the weights carry.
 
 Attention is `torch.nn.functional.scaled_dot_product_attention` (memory-efficient / flash kernels on
 CPU and GPU: memory linear in the context), so a context of 8,192 events at batch 8 fits in a few GiB
@@ -32,6 +37,7 @@ from pydantic import Field
 from torch import nn
 
 from biomm.adapters.base import Adapter, AdapterConfig, MlmSpec, resolve
+from biomm.config import ConfigError
 
 
 class EhrConfig(AdapterConfig):
@@ -48,6 +54,12 @@ class EhrConfig(AdapterConfig):
     target_min_count: int = Field(5, ge=1, description="Next-event targets: codes seen at least this often in training")
     target_codes: int = Field(0, ge=0, description="Number of next-event target codes (set by the data: the most "
                                                      "frequent codes, ids 3 .. 3 + target_codes)")
+    code_text: Literal["none", "own", "shared"] = Field(
+        "none", description="Add each code's display-name word-piece embeddings (DescEmb); shared: the text "
+                            "encoder's word embeddings")
+    code_text_length: int = Field(16, ge=1, description="Word pieces kept per code display name")
+    text_vocab_size: int = Field(0, ge=0, description="Word-piece vocabulary of the code display names (set by the "
+                                                      "data: the text tokenizer's size)")
 
 
 MASK_CODE = 1
@@ -105,6 +117,10 @@ class EventEmbedding(nn.Module):
     def __init__(self, cfg: EhrConfig, width: int) -> None:
         super().__init__()
         self.code = nn.Embedding(cfg.vocab_size, width, padding_idx=0)
+        self.words: nn.Embedding | None = None
+        if cfg.code_text != "none":
+            self.words = nn.Embedding(max(cfg.text_vocab_size, 1), width, padding_idx=0)
+            self.register_buffer("code_words", torch.zeros(cfg.vocab_size, cfg.code_text_length, dtype=torch.long))
         self.value = nn.Sequential(nn.Linear(1, width), nn.GELU(), nn.Linear(width, width))
         self.bins = nn.Embedding(cfg.value_bins + 1, width, padding_idx=0)
         self.no_value = nn.Parameter(torch.randn(width) * 0.02)
@@ -129,7 +145,18 @@ class EventEmbedding(nn.Module):
             t = t + self.gap(gap)
         if static is not None:
             t = torch.where(static[..., None], self.static, t)
-        return self.norm(self.code(codes) + v + t)
+        return self.norm(self.code_vectors(codes) + v + t)
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code embeddings [..., W] of `codes` [...] long: the learned vector, plus (`code_text`) the mean
+        embedding of the code's display-name word pieces."""
+        out = self.code(codes)
+        if self.words is None:
+            return out
+        pieces = self.code_words[codes]  # [..., K]
+        real = (pieces > 0).to(out.dtype)
+        words = (self.words(pieces) * real[..., None]).sum(-2) / real.sum(-1, keepdim=True).clamp_min(1.0)
+        return out + words
 
 
 class SdpaBlock(nn.Module):
@@ -200,6 +227,29 @@ class EhrAdapter(Adapter):
             self.encoder.load_state_dict(torch.load(f"{cfg.pretrained}/encoder.pt", map_location="cpu"))
         if cfg.freeze:
             self.freeze_encoder()
+
+    def set_tables(self, tables: dict[str, torch.Tensor]) -> None:
+        """Fill the data's tables: `code_words` [vocab_size, K'] long, each code's display word pieces (0 = pad;
+        cut or padded to `code_text_length`)."""
+        embed = self.encoder["embed"]
+        if "code_words" not in tables or embed.words is None:
+            return
+        t, buf = tables["code_words"].long(), embed.code_words
+        n, k = min(t.shape[0], buf.shape[0]), min(t.shape[1], buf.shape[1])
+        buf.zero_()
+        buf[:n, :k] = t[:n, :k]
+
+    def tie(self, adapters: nn.ModuleDict) -> None:
+        """`code_text: shared`: use the text adapter's word embeddings [text_vocab, W] for the display names."""
+        embed = self.encoder["embed"]
+        if self.cfg.code_text != "shared" or embed.words is None or "text" not in adapters:
+            return
+        text_words = adapters["text"].encoder.get_input_embeddings()
+        if tuple(text_words.weight.shape) != tuple(embed.words.weight.shape):
+            raise ConfigError(f"ehr.code_text: shared needs the text encoder's word embeddings to be "
+                             f"{tuple(embed.words.weight.shape)} (text vocabulary x EHR width), they are "
+                             f"{tuple(text_words.weight.shape)}; use code_text: own, or equal widths")
+        embed.words = text_words
 
     def _events(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mask = tensors["mask"]

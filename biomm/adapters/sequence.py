@@ -9,17 +9,27 @@
 - Frozen (`freeze: true`: only the projector trains), partly fine-tuned (`trainable_layers: N`: the
   last N layers and the projector) or fully fine-tuned (default).
 
+- `encoder: cnn`: a dilated residual convolution stack over the same tokens (ByteNet blocks, as CARP:
+  Yang et al. 2022, "Convolutions are competitive with transformers for protein sequence pretraining";
+  DeepBind-style motif detectors for DNA): position-invariant motifs, linear in length. Best with single
+  residues / nucleotides (`data.dna_kmer: 1`), where a non-overlapping k-mer would cut a motif by phase.
+
 Tensors: `input_ids` [B, L] long, `attention_mask` [B, L]. Masked modelling predicts residues / k-mers.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
+import torch
 from pydantic import Field
+from torch import nn
 from transformers import EsmConfig, EsmModel
+from transformers.modeling_outputs import BaseModelOutput
 
 from biomm.adapters.base import AdapterConfig, resolve
 from biomm.adapters.hf import HfTokenAdapter
+from biomm.config import ConfigError
 
 
 class SequenceConfig(AdapterConfig):
@@ -34,6 +44,55 @@ class SequenceConfig(AdapterConfig):
     eos_token_id: int = Field(2, ge=0, description="End id (ESM: <eos> = 2)")
     trainable_layers: int | None = Field(None, ge=0, description="Fine-tune only the last N encoder layers "
                                                                   "(and the projector); None: every layer")
+    encoder: Literal["esm", "cnn"] = Field("esm", description="A random ESM transformer, or a dilated residual CNN "
+                                                              "(ByteNet / CARP blocks)")
+    kernel_size: int = Field(9, ge=1, description="cnn: convolution width in tokens")
+    dilations: list[int] = Field([1, 2, 4, 8], min_length=1,
+                                 description="cnn: one residual block per dilation (repeated `layers` times)")
+
+
+class ConvBlock(nn.Module):
+    """ByteNet residual block: norm, GELU, 1x1 down, dilated conv, GELU, 1x1 up: [B, W, L] -> [B, W, L]."""
+
+    def __init__(self, width: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        half = max(width // 2, 1)
+        self.norm = nn.LayerNorm(width)
+        self.down = nn.Conv1d(width, half, 1)
+        self.conv = nn.Conv1d(half, half, kernel, dilation=dilation, padding="same")
+        self.up = nn.Conv1d(half, width, 1)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """`x` [B, W, L], real-token `keep` [B, 1, L] float (padding is zeroed before the convolution)."""
+        h = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        h = self.down(nn.functional.gelu(h)) * keep
+        h = self.up(nn.functional.gelu(self.conv(h)))
+        return x + h
+
+
+class ConvSequenceEncoder(nn.Module):
+    """Token embedding + dilated residual convolutions: `input_ids` [B, L] -> `last_hidden_state` [B, L, W]
+    (the `transformers` call signature, so `HfTokenAdapter` drives it like ESM; `config` holds the ids)."""
+
+    def __init__(self, config: EsmConfig, kernel: int, dilations: list[int], repeats: int) -> None:
+        super().__init__()
+        self.config = config
+        w = config.hidden_size
+        self.embed = nn.Embedding(config.vocab_size, w, padding_idx=config.pad_token_id)
+        self.blocks = nn.ModuleList(ConvBlock(w, kernel, d) for _ in range(repeats) for d in dilations)
+        self.norm = nn.LayerNorm(w)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BaseModelOutput:
+        """Hidden states [B, L, W] of `input_ids` [B, L] under `attention_mask` [B, L]."""
+        keep = attention_mask[:, None, :].to(self.embed.weight.dtype)
+        x = self.embed(input_ids).transpose(1, 2) * keep
+        for block in self.blocks:
+            x = block(x, keep) * keep
+        return BaseModelOutput(last_hidden_state=self.norm(x.transpose(1, 2)))
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding [vocab, W]."""
+        return self.embed
 
 
 class SequenceAdapter(HfTokenAdapter):
@@ -59,12 +118,19 @@ class SequenceAdapter(HfTokenAdapter):
                 cls_token_id=cfg.cls_token_id, eos_token_id=cfg.eos_token_id,
                 token_dropout=False, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
             )
-            model = EsmModel(conf, add_pooling_layer=False)
-        # Contact prediction is not used here; frozen so DDP does not wait for its gradients.
-        model.contact_head.requires_grad_(False)
+            if cfg.encoder == "cnn":
+                model = ConvSequenceEncoder(conf, cfg.kernel_size, cfg.dilations, size["layers"])
+            else:
+                model = EsmModel(conf, add_pooling_layer=False)
+        if isinstance(model, EsmModel):
+            # Contact prediction is not used here; frozen so DDP does not wait for its gradients.
+            model.contact_head.requires_grad_(False)
         super().__init__(model, width, cfg.freeze)
         self.cfg = cfg
         if cfg.trainable_layers is not None and not cfg.freeze:
+            if not isinstance(model, EsmModel):
+                raise ConfigError("adapters.sequence.trainable_layers needs the esm encoder (a cnn trains whole "
+                                  "or frozen)")
             self.train_last_layers(cfg.trainable_layers)
 
     def train_last_layers(self, n: int) -> None:

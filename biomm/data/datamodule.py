@@ -105,6 +105,8 @@ class PatientDataModule(SplitLoaders):
         adapters = adapters or {}
         self.sources = {m: open_source(m, replace(ctx, records=records.get(m, []), adapter=adapters.get(m)))
                         for m in self.cfg.modalities}
+        for source in self.sources.values():
+            source.link(self.sources)
         self.collate = Collator(self.sources)
         return self
 
@@ -130,6 +132,10 @@ class PatientDataModule(SplitLoaders):
     def vocab_sizes(self) -> dict[str, dict[str, Any]]:
         """Adapter config values the data decides: `{modality: {field: value}}`."""
         return {m: sizes for m, source in self.sources.items() if (sizes := source.sizes())}
+
+    def adapter_tables(self) -> dict[str, dict[str, Any]]:
+        """Fixed tensors the data gives each adapter (`Adapter.set_tables`): `{modality: {name: tensor}}`."""
+        return {m: tables for m, source in self.sources.items() if (tables := source.tables())}
 
 
 

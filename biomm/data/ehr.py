@@ -14,8 +14,10 @@ import torch
 from biomm.config import ConfigError
 from biomm.data.samples import Sample
 from biomm.data.source import ModalitySource, SourceContext
+from biomm.store.cohort import Cohort
 from biomm.store.events import code_statistics, read_events
 from biomm.types import ModalityInput
+from biomm.vocab.text import build_text_tokenizer, load_text_tokenizer
 
 PAD, MASK, UNK = 0, 1, 2
 SPECIAL = ("<pad>", "<mask>", "<unk>")
@@ -319,8 +321,13 @@ class EhrSource(ModalitySource):
 
     name = "ehr"
 
-    def __init__(self, events: EhrEvents, max_events: int, target_min_count: int = 5):
+    def __init__(self, events: EhrEvents, max_events: int, target_min_count: int = 5,
+                 displays: dict[str, str] | None = None, code_text: str = "none", code_text_length: int = 16,
+                 ctx: SourceContext | None = None):
         self.events, self.max_events, self.target_min_count = events, max_events, target_min_count
+        self.displays, self.code_text, self.code_text_length = displays or {}, code_text, code_text_length
+        self.ctx = ctx
+        self.tokenizer = None
 
     @classmethod
     def open(cls, ctx: SourceContext) -> "EhrSource":
@@ -337,7 +344,47 @@ class EhrSource(ModalitySource):
         events = EhrEvents(ctx.root, vocab, ctx.subjects)
         if ctx.load_artifacts:
             check_vocabulary_coverage(events, ctx.root)
-        return cls(events, ctx.cfg.max_events, getattr(ctx.adapter, "target_min_count", 5))
+        code_text = getattr(ctx.adapter, "code_text", "none")
+        displays = {}
+        if code_text != "none":
+            with Cohort(ctx.root, create=False, read_only=True) as c:
+                displays = c.code_displays()
+        return cls(events, ctx.cfg.max_events, getattr(ctx.adapter, "target_min_count", 5), displays, code_text,
+                   getattr(ctx.adapter, "code_text_length", 16), ctx)
+
+    def display_names(self) -> list[str]:
+        """The display name of every vocabulary id [vocab.size] ('' for the special tokens; the code itself,
+        its system and separators as spaces, where the cohort recorded no display)."""
+        vocab = self.events.vocab
+        return [""] * len(SPECIAL) + [self.displays.get(c) or c.replace("/", " ").replace("_", " ")
+                                      for c in vocab.codes]
+
+    def link(self, sources: dict[str, ModalitySource]) -> None:
+        """`code_text`: tokenise display names with the text modality's tokenizer, or (no text modality) a
+        word-piece tokenizer of the display names themselves, saved with the run."""
+        if self.code_text == "none":
+            return
+        text = sources.get("text")
+        if text is not None and getattr(text, "tokenizer", None) is not None:
+            self.tokenizer = text.tokenizer
+            return
+        folder = self.ctx.artifact("ehr_code_tokenizer") if self.ctx else None
+        if self.ctx is not None and self.ctx.load_artifacts and folder is not None and folder.exists():
+            self.tokenizer = load_text_tokenizer(folder)
+        else:
+            self.tokenizer = build_text_tokenizer(self.display_names(), 2000)
+            if folder is not None:
+                self.tokenizer.save_pretrained(str(folder))
+
+    def tables(self) -> dict[str, torch.Tensor]:
+        """`code_text`: `code_words` [vocab.size, code_text_length] long, each code's display word pieces
+        (no [CLS]/[SEP]; 0 = pad)."""
+        if self.tokenizer is None:
+            return {}
+        names = self.display_names()
+        enc = self.tokenizer(names, add_special_tokens=False, truncation=True, max_length=self.code_text_length,
+                             padding="max_length", return_tensors="pt")
+        return {"code_words": enc["input_ids"] * enc["attention_mask"]}
 
     def batch(self, samples: list[Sample]) -> tuple[ModalityInput, dict]:
         """codes/values/value_mask/value_bins/static/age/times/mask `[B, L]`, prediction_time and dropped `[B]`;
@@ -350,7 +397,11 @@ class EhrSource(ModalitySource):
                                                  "ehr_dropped": int(dropped.sum())}
 
     def sizes(self) -> dict[str, int]:
-        """The EHR adapter's vocabulary size and number of next-event target codes."""
-        return {"vocab_size": max(self.events.vocab.size, 4),
-                "target_codes": self.events.vocab.frequent(self.target_min_count)}
+        """The EHR adapter's vocabulary size, number of next-event target codes and (`code_text`) the display
+        names' word-piece vocabulary."""
+        out = {"vocab_size": max(self.events.vocab.size, 4),
+               "target_codes": self.events.vocab.frequent(self.target_min_count)}
+        if self.tokenizer is not None:
+            out["text_vocab_size"] = len(self.tokenizer)
+        return out
 

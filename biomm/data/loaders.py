@@ -33,3 +33,7 @@ class SplitLoaders(L.LightningDataModule):
     def loader(self, split: str) -> DataLoader:
         """The loader of one split (`train`, `val`, `test`, or `all` at inference), unshuffled."""
         return self._loader(split, False)
+
+    def adapter_tables(self) -> dict[str, dict]:
+        """Fixed tensors the data gives each adapter (`Adapter.set_tables`): `{modality: {name: tensor}}`."""
+        return {}

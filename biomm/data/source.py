@@ -55,6 +55,14 @@ class ModalitySource(abc.ABC):
         the model."""
         return {}
 
+    def link(self, sources: dict[str, "ModalitySource"]) -> None:
+        """Called once every source of the data module is open: read what this source needs from the others
+        (e.g. the text tokenizer, for the EHR's code display names)."""
+
+    def tables(self) -> dict[str, Any]:
+        """Fixed tensors the data gives the adapter (`Adapter.set_tables`), e.g. each code's word pieces."""
+        return {}
+
 
 def open_source(modality: str, ctx: SourceContext) -> ModalitySource:
     """The source of `modality` (from its spec), opened on `ctx`."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from biomm.nn.attention import key_padding, transformer
+from biomm.nn.attention import AttentionPool, key_padding, transformer
 from biomm.fusion.ops import build_fusion_op
 from biomm.fusion.resampler import PerceiverResampler
 from biomm.fusion.xattn import GatedCrossAttentionBlock
@@ -43,12 +43,16 @@ class Backbone(nn.Module):
     """Shared bookkeeping: modality order, per-modality pooling heads, learned absent tokens, and an
     optional stream op (a fusion op over the per-modality fused streams giving the fused embedding)."""
 
-    def __init__(self, modalities: list[str], width: int, absent: str, stream_op: str | None = None) -> None:
+    def __init__(self, modalities: list[str], width: int, absent: str, stream_op: str | None = None,
+                 pooling: str = "mean", heads: int = 1) -> None:
         super().__init__()
         if absent not in ("mask", "token"):
             raise ValueError(f"absent must be 'mask' or 'token', got '{absent}'")
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got '{pooling}'")
         self.modalities, self.width, self.absent_mode = list(modalities), width, absent
         self.pool = nn.ModuleDict({m: pool_head(width) for m in modalities})
+        self.attn_pool = nn.ModuleDict({m: AttentionPool(width, heads) for m in modalities}) if pooling == "attention" else None
         self.stream_op = build_fusion_op(stream_op, len(modalities), width) if stream_op else None
 
     def fuse_streams(self, streams: dict[str, Tokens], present: dict[str, torch.Tensor], ref: torch.Tensor) -> torch.Tensor:
@@ -63,9 +67,16 @@ class Backbone(nn.Module):
         """The backbone's modalities present as keys of `tokens`, in backbone order."""
         return [m for m in self.modalities if m in tokens]
 
+    def pooled(self, modality: str, tokens: Tokens) -> torch.Tensor:
+        """One modality's pooled embedding [B, D] of `tokens` (x [B, T, D]): masked mean or attention pooling,
+        then its pooling head."""
+        x = tokens.pooled() if self.attn_pool is None else self.attn_pool[modality](tokens.x, tokens.mask)
+        return self.pool[modality](x)
+
     def modality_parameters(self, modality: str) -> list[nn.Parameter]:
         """Parameters used only for `modality` (touched with weight 0 when it is not in a batch)."""
-        return list(self.pool[modality].parameters())
+        extra = list(self.attn_pool[modality].parameters()) if self.attn_pool is not None else []
+        return list(self.pool[modality].parameters()) + extra
 
 
 class MiddleFusion(Backbone):
@@ -74,8 +85,8 @@ class MiddleFusion(Backbone):
     to the other present modalities' latents. Fused tokens: all streams, [B, M*K, D]."""
 
     def __init__(self, modalities, width, heads, layers, num_latents=16, resampler_depth=2, absent="mask",
-                 stream_op: str | None = None):
-        super().__init__(modalities, width, absent, stream_op)
+                 stream_op: str | None = None, pooling: str = "mean"):
+        super().__init__(modalities, width, absent, stream_op, pooling, heads)
         self.type_embed = nn.Parameter(torch.randn(len(modalities), width) * 0.02)
         self.num_latents = num_latents
         self.resamplers = nn.ModuleDict({m: PerceiverResampler(width, heads, num_latents, resampler_depth) for m in modalities})
@@ -91,7 +102,8 @@ class MiddleFusion(Backbone):
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
         """Pooled embedding [B, D] of one modality's `tokens` (x [B, T, D]) through its resampler alone."""
-        return self.pool[modality](self.resamplers[modality](tokens).mean(1))
+        z = self.resamplers[modality](tokens)
+        return self.pooled(modality, Tokens(z, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)))
 
     def forward(self, tokens: dict[str, Tokens], present: dict[str, torch.Tensor]) -> Fused:
         """Fuse `tokens` {m: x [B, T_m, D]} under `present` {m: [B]}: fused tokens [B, M*K, D], mask [B, M*K],
@@ -105,7 +117,7 @@ class MiddleFusion(Backbone):
             p = present.get(m, torch.zeros(b, dtype=torch.bool, device=some.device))
             if m in tokens:
                 z = self.resamplers[m](masked(tokens[m], p))
-                pooled[m] = self.pool[m](z.mean(1))
+                pooled[m] = self.pooled(m, Tokens(z, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)))
             else:
                 z = self.absent[i].to(some.dtype).expand(b, -1, -1)
             if self.absent_mode == "token":
@@ -133,8 +145,9 @@ class EarlyFusion(Backbone):
     """ViLT: one transformer over [CLS; all modalities' tokens + modality-type embeddings] with a
     joint mask. The fused embedding is the CLS output."""
 
-    def __init__(self, modalities, width, heads, layers, absent="mask", stream_op: str | None = None):
-        super().__init__(modalities, width, absent, stream_op)
+    def __init__(self, modalities, width, heads, layers, absent="mask", stream_op: str | None = None,
+                 pooling: str = "mean"):
+        super().__init__(modalities, width, absent, stream_op, pooling, heads)
         self.type_embed = nn.Parameter(torch.randn(len(modalities), width) * 0.02)
         self.cls = nn.Parameter(torch.randn(width) * 0.02)
         if absent == "token":
@@ -143,8 +156,8 @@ class EarlyFusion(Backbone):
         self.norm = nn.LayerNorm(width)
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
-        """Pooled embedding [B, D] of one modality's `tokens`: masked mean, then its pooling head."""
-        return self.pool[modality](tokens.pooled())
+        """Pooled embedding [B, D] of one modality's `tokens`: masked mean (or attention pooling), then its pooling head."""
+        return self.pooled(modality, tokens)
 
     def forward(self, tokens, present):
         """One transformer over all tokens: fused tokens [B, T, D] and mask [B, T] (CLS left out), fused = CLS [B, D]."""
@@ -176,13 +189,13 @@ class EarlyFusion(Backbone):
 class LateFusion(Backbone):
     """CLIP: per-modality pooled embeddings; a fusion op over them gives the fused embedding."""
 
-    def __init__(self, modalities, width, fusion_op="concat", absent="mask"):
-        super().__init__(modalities, width, absent)
+    def __init__(self, modalities, width, fusion_op="concat", absent="mask", pooling: str = "mean", heads: int = 1):
+        super().__init__(modalities, width, absent, pooling=pooling, heads=heads)
         self.op = build_fusion_op(fusion_op, len(modalities), width)
 
     def embed(self, modality: str, tokens: Tokens) -> torch.Tensor:
-        """Pooled embedding [B, D] of one modality's `tokens`: masked mean, then its pooling head."""
-        return self.pool[modality](tokens.pooled())
+        """Pooled embedding [B, D] of one modality's `tokens`: masked mean (or attention pooling), then its pooling head."""
+        return self.pooled(modality, tokens)
 
     def forward(self, tokens, present):
         """Fusion op over the pooled embeddings: fused tokens = the stacked vectors [B, M, D], mask = presence [B, M],

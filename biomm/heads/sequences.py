@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from biomm.data.sequence import DATA_ARTIFACT, SequenceDataModule
-from biomm.data.text import encode_texts, load_text_tokenizer
+from biomm.data.text import encode_texts
+from biomm.vocab.text import load_text_tokenizer
 from biomm.heads.cells.annotation import LinearProbe, softmax, zero_shot_scores
 from biomm.ingest.sequence.read import check_sequence, header_label, read_fasta
 from biomm.model.bundle import Embeddings, LoadedModel

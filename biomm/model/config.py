@@ -27,6 +27,9 @@ class BackboneConfig(StrictModel):
     absent: Literal["mask", "token"] = Field("mask", description="Absent modality: masked out, or a learned absent token")
     stream_op: str | None = Field(None, description="Middle / early: fusion op over the per-modality fused streams giving "
                                   "the fused embedding; None: mean of the fused tokens (middle), the CLS output (early)")
+    pooling: Literal["mean", "attention"] = Field(
+        "mean", description="Each modality's pooled embedding (contrastive, retrieval): masked mean of its tokens, or "
+                            "attention pooling by a learned probe (SigLIP's MAP head)")
 
     @field_validator("fusion_op", "stream_op")
     @classmethod

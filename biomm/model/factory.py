@@ -20,10 +20,10 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     mods, b = list(cfg.adapters), cfg.backbone
     if b.timing == "middle":
         return MiddleFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.num_latents, b.resampler_depth, b.absent,
-                            b.stream_op)
+                            b.stream_op, b.pooling)
     if b.timing == "early":
-        return EarlyFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.absent, b.stream_op)
-    return LateFusion(mods, cfg.d, b.fusion_op, b.absent)
+        return EarlyFusion(mods, cfg.d, cfg.heads, cfg.fusion_layers, b.absent, b.stream_op, b.pooling)
+    return LateFusion(mods, cfg.d, b.fusion_op, b.absent, b.pooling, cfg.heads)
 
 
 def build_model(cfg: ModelConfig | dict, heads: nn.ModuleDict | None = None) -> BiommModel:
@@ -32,6 +32,8 @@ def build_model(cfg: ModelConfig | dict, heads: nn.ModuleDict | None = None) -> 
     if isinstance(cfg, dict):
         cfg = ModelConfig.model_validate(cfg)
     adapters = nn.ModuleDict({m: build_adapter(m, a, cfg.d, cfg.preset) for m, a in cfg.adapters.items()})
+    for adapter in adapters.values():
+        adapter.tie(adapters)
     projector = build_projector(cfg.projector.kind, cfg.d, cfg.projector.out_dim) if cfg.projector.out_dim else None
     return BiommModel(adapters, build_backbone(cfg), heads, projector, cfg)
 

@@ -30,6 +30,23 @@ class MaskedAttention(nn.Module):
         return out * has_key[:, None, None].to(out.dtype)
 
 
+class AttentionPool(nn.Module):
+    """Multihead attention pooling (SigLIP's MAP head): a learned probe attends over the real tokens, then a
+    residual MLP. `Tokens`-style `x` [B, T, D] and `mask` [B, T] -> [B, D] (rows with no real token give 0)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.norm = nn.LayerNorm(width)
+        self.attn = MaskedAttention(width, heads)
+        self.mlp = feed_forward(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooled [B, D] of `x` [B, T, D] under `mask` [B, T] bool."""
+        h = self.attn(self.probe.to(x.dtype).expand(x.shape[0], -1, -1), self.norm(x), mask)
+        return (h + self.mlp(h))[:, 0] * mask.any(1, keepdim=True).to(x.dtype)
+
+
 def feed_forward(width: int, mult: int = 4) -> nn.Sequential:
     """Pre-norm MLP block: LayerNorm, Linear(width, mult*width), GELU, Linear back; `[B, T, D] -> [B, T, D]`."""
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, mult * width), nn.GELU(), nn.Linear(mult * width, width))

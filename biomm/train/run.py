@@ -138,6 +138,8 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     (out / "train_config.json").write_text(resolved.model_dump_json(indent=2))
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(model_cfg)
+    for modality, tables in dm.adapter_tables().items():  # e.g. the EHR codes' display word pieces
+        model.adapters[modality].set_tables(tables)
     objectives = build_objectives(model_cfg, model)
     module = BiommLightning(model, objectives, resolved, ckpt_dir)
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, model_cfg.d)

@@ -139,3 +139,32 @@ def test_mlm_targets_align_with_tokens(modality):
     assert tgt["mask"].shape == out.mask.shape
     assert tgt["target"].shape[:2] == out.mask.shape
     assert a.mlm_spec.size >= 1
+
+
+def test_sequence_cnn_encoder_is_padding_invariant_local_and_trains():
+    """The dilated CNN: real tokens ignore padding and what lies beyond its receptive field; masked modelling
+    runs; a frozen one trains only the projector; trainable_layers needs the transformer."""
+    from biomm.config import ConfigError
+
+    torch.manual_seed(0)
+    a = adapter("sequence", encoder="cnn", kernel_size=3, dilations=[1, 2], layers=1).eval()
+    assert type(a.encoder).__name__ == "ConvSequenceEncoder"
+    t = a.example_tensors(2, 40, torch.Generator().manual_seed(0))
+    t["attention_mask"][0, 30:] = 0
+    out = a(t)
+    t2 = {k: v.clone() for k, v in t.items()}
+    t2["input_ids"][0, 30:] = 5  # padding content must not matter
+    torch.testing.assert_close(a(t2).x[0, :30], out.x[0, :30])
+    # receptive field: 1 + 2 * (1 + 2) = 7 tokens, so changing token 39 leaves tokens 0 .. 32 of row 1 alone
+    t3 = {k: v.clone() for k, v in t.items()}
+    t3["input_ids"][1, 39] = 4 if int(t["input_ids"][1, 39]) != 4 else 5
+    changed = (a(t3).x[1] - out.x[1]).abs().sum(-1) > 1e-6
+    assert changed[39] and not changed[:33].any()
+    t["mlm_mask"] = a.mlm_candidates(t) & (torch.rand(2, 40) < 0.3)
+    a.train()
+    a(t).x.sum().backward()
+    assert a.encoder.embed.weight.grad is not None
+    frozen = adapter("sequence", encoder="cnn", freeze=True)
+    assert all(n.startswith("projector.") for n, p in frozen.named_parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="trainable_layers"):
+        adapter("sequence", encoder="cnn", trainable_layers=1)

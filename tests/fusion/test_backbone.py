@@ -72,3 +72,33 @@ def test_projector_kinds():
     assert build_projector("linear", 8, 16)(torch.randn(2, 3, 8)).shape == (2, 3, 16)
     p = build_projector("mlp3x_gelu", 8, 16)
     assert p(torch.randn(2, 3, 8)).shape == (2, 3, 16) and len(p) == 5
+
+
+def test_attention_pooling_reads_real_tokens_only_and_can_pick_one():
+    """`pooling: attention`: padding never moves the pooled embedding, an empty row pools to the head's bias,
+    and (unlike the mean) the probe can attend to one token among many."""
+    torch.manual_seed(0)
+    for bb in (EarlyFusion(["a", "b"], 8, 2, 1, pooling="attention"), LateFusion(["a", "b"], 8, pooling="attention", heads=2),
+               MiddleFusion(["a", "b"], 8, 2, 1, num_latents=2, pooling="attention")):
+        t = toks(3, 6, 8, 0)
+        t.mask[0, 4:] = False
+        t.mask[2] = False
+        out = bb.embed("a", t)
+        assert out.shape == (3, 8) and torch.isfinite(out).all()
+        moved = Tokens(t.x.clone(), t.mask)
+        moved.x[0, 4:] += 7.0
+        moved.x[2] += 7.0
+        torch.testing.assert_close(bb.embed("a", moved)[[0, 2]], out[[0, 2]])
+        assert bb.attn_pool["a"].probe in set(bb.modality_parameters("a"))
+    pool = EarlyFusion(["a"], 8, 2, 1, pooling="attention").attn_pool["a"]
+    x = torch.zeros(1, 50, 8)
+    x[0, 17] = 3.0
+    with torch.no_grad():  # a probe aligned with the odd token's key: the pooled value is that token's
+        pool.norm.weight.fill_(1.0), pool.norm.bias.zero_()
+        pool.probe.copy_(pool.norm(x[:, 17:18]) * 50)
+        w = pool.attn.attn.in_proj_weight
+        w.copy_(torch.eye(8).repeat(3, 1))
+        pool.attn.attn.in_proj_bias.zero_()
+    h = pool.attn(pool.probe, pool.norm(x), torch.ones(1, 50, dtype=torch.bool))
+    v = pool.attn.attn.out_proj(pool.norm(x[:, 17:18]))
+    torch.testing.assert_close(h, v, atol=1e-3, rtol=1e-3)

@@ -11,7 +11,8 @@ from safetensors.numpy import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from biomm.data.text import encode_texts, load_text_tokenizer
+from biomm.data.text import encode_texts
+from biomm.vocab.text import load_text_tokenizer
 from biomm.schema import QueryError
 
 

@@ -39,7 +39,7 @@ def build_qa_tokenizer(texts: list[str], vocab_size: int):
     """A word-piece vocabulary of the QA corpus (digits split one by one, so any number can be spelt)."""
     from tokenizers import decoders, pre_tokenizers
 
-    from biomm.data.text import build_text_tokenizer
+    from biomm.vocab.text import build_text_tokenizer
 
     tok = build_text_tokenizer(texts, vocab_size)
     backend = tok.backend_tokenizer
