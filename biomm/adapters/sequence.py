@@ -45,29 +45,31 @@ class SequenceConfig(AdapterConfig):
     trainable_layers: int | None = Field(None, ge=0, description="Fine-tune only the last N encoder layers "
                                                                   "(and the projector); None: every layer")
     encoder: Literal["esm", "cnn"] = Field("esm", description="A random ESM transformer, or a dilated residual CNN "
-                                                              "(ByteNet / CARP blocks)")
+                                                              "(ByteNet / CARP blocks); with `pretrained`, the "
+                                                              "checkpoint's own (ESM) architecture")
     kernel_size: int = Field(9, ge=1, description="cnn: convolution width in tokens")
     dilations: list[int] = Field([1, 2, 4, 8], min_length=1,
                                  description="cnn: one residual block per dilation (repeated `layers` times)")
 
 
 class ConvBlock(nn.Module):
-    """ByteNet residual block: norm, GELU, 1x1 down, dilated conv, GELU, 1x1 up: [B, W, L] -> [B, W, L]."""
+    """ByteNet residual block: norm, GELU, 1x1 down, dilated conv, GELU, 1x1 up: [B, L, W] -> [B, L, W].
+    The 1x1 convolutions are `Linear`s on the [B, L, W] layout (contiguous: about 2x faster on CPU than
+    GELU and LayerNorm on transposed tensors); only the dilated convolution runs on [B, W/2, L]."""
 
     def __init__(self, width: int, kernel: int, dilation: int) -> None:
         super().__init__()
         half = max(width // 2, 1)
         self.norm = nn.LayerNorm(width)
-        self.down = nn.Conv1d(width, half, 1)
+        self.down = nn.Linear(width, half)
         self.conv = nn.Conv1d(half, half, kernel, dilation=dilation, padding="same")
-        self.up = nn.Conv1d(half, width, 1)
+        self.up = nn.Linear(half, width)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """`x` [B, W, L], real-token `keep` [B, 1, L] float (padding is zeroed before the convolution)."""
-        h = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        h = self.down(nn.functional.gelu(h)) * keep
-        h = self.up(nn.functional.gelu(self.conv(h)))
-        return x + h
+        """`x` [B, L, W], real-token `keep` [B, L, 1] float (padding is zeroed before the convolution)."""
+        h = self.down(nn.functional.gelu(self.norm(x))) * keep
+        h = nn.functional.gelu(self.conv(h.transpose(1, 2)))
+        return x + self.up(h.transpose(1, 2))
 
 
 class ConvSequenceEncoder(nn.Module):
@@ -84,11 +86,11 @@ class ConvSequenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BaseModelOutput:
         """Hidden states [B, L, W] of `input_ids` [B, L] under `attention_mask` [B, L]."""
-        keep = attention_mask[:, None, :].to(self.embed.weight.dtype)
-        x = self.embed(input_ids).transpose(1, 2) * keep
+        keep = attention_mask[:, :, None].to(self.embed.weight.dtype)
+        x = self.embed(input_ids) * keep
         for block in self.blocks:
             x = block(x, keep) * keep
-        return BaseModelOutput(last_hidden_state=self.norm(x.transpose(1, 2)))
+        return BaseModelOutput(last_hidden_state=self.norm(x))
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding [vocab, W]."""
