@@ -86,6 +86,24 @@ def test_report_on_a_real_cohort(tiny_model, clinical_cohort, tmp_path):
     for method in ("biomm", "bm25", "cca"):
         assert 0 <= r[method]["recall@1"]["value"] <= r[method]["recall@10"]["value"] <= 1
     assert all("bm25" not in v for p, v in pairs.items() if "imaging" in p)  # no text on the image side
+    assert "bm25_whole_notes" in r  # BM25 reads the notes as the model does; the uncut figure beside it
     assert (tmp_path / report["plot"]).exists()
     md = retrieval_markdown(report)
-    assert "| ehr->text |" in md and "bm25" in md and "chance" in md
+    assert "| ehr->text |" in md and "bm25" in md and "bm25_whole_notes" in md and "chance" in md
+
+
+def test_bm25_reads_the_notes_cut_where_the_model_cuts_them(tiny_model, clinical_cohort):
+    """The same input for both sides: the notes BM25 scores are the decoded word pieces the text adapter reads."""
+    from biomm.eval.retrieval import notes_text
+    from biomm.model.bundle import load
+
+    loaded = load(tiny_model)
+    dm = loaded.datamodule(clinical_cohort)
+    src = dm.sources["text"]
+    samples = [s for s in dm.samples["all"] if src.notes.text(s.subject_id, s.prediction_time, src.last)][:20]
+    cut, whole = notes_text(dm, samples), notes_text(dm, samples, as_read=False)
+    ids = dm.collate(samples).modalities["text"].tensors["input_ids"]
+    for c, w, row in zip(cut, whole, ids):
+        assert c == src.tokenizer.decode(row, skip_special_tokens=True)
+        assert len(c.split()) <= len(src.tokenizer(w)["input_ids"]) and c.split()[:3] == w.lower().split()[:3]
+    assert any(len(c) < len(w) for c, w in zip(cut, whole))  # some notes run past the text length
