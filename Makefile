@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# janggu ships the DNA test FASTA (GPL-3): installed as a test dependency, never copied.
 	$(BIN)/python -m pip install -q --no-deps janggu
+	# desc (MIT) ships the 10x PBMC 3k raw counts, the cell model's second real dataset: read in place.
+	$(BIN)/python -m pip install -q --no-deps desc==0.1.4.1
 	touch $(STAMP)
 
 venv: $(STAMP)

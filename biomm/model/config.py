@@ -57,6 +57,12 @@ class ContrastiveConfig(StrictModel):
     chunk_size: int = Field(1024, ge=1, description="Logit rows per chunk (memory linear in batch size)")
     gather: bool = Field(True, description="All-gather embeddings across processes (with gradient)")
     fused_weight: float = Field(0.0, ge=0, description="Also align the fused embedding with each present modality's")
+    dedupe: bool = Field(False, description="Rows of a batch with identical discrete inputs in either modality of a "
+                                            "pair (the same label prompt) are not each other's negatives (UniCL); "
+                                            "computes the full [n, n] logits")
+    clean_forward: bool = Field(False, description="Align the embeddings of the uncorrupted inputs: where masked "
+                                                   "modelling hides inputs, a second forward pass without the masks "
+                                                   "feeds this loss (FLAVA), so training embeds what queries embed")
 
 
 class MaskedConfig(StrictModel):

@@ -18,12 +18,17 @@ class WeightedObjectives(nn.Module):
     """sum_i w_i * loss_i; metrics prefixed by objective name. Owns the objectives' parameters
     (temperature, prediction heads, LM), so put it in the optimizer and checkpoint with the model."""
 
-    def __init__(self, objectives: dict[str, nn.Module], weights: dict[str, float]) -> None:
+    def __init__(self, objectives: dict[str, nn.Module], weights: dict[str, float], clean_contrastive: bool = False) -> None:
         super().__init__()
         if not objectives:
             raise ValueError("no objective has a weight > 0")
         self.objectives = nn.ModuleDict(objectives)
         self.weights = dict(weights)
+        self.clean_contrastive = clean_contrastive and "contrastive" in objectives
+
+    def needs_clean(self, masked: Batch) -> bool:
+        """Whether the contrastive loss wants a second forward pass of the batch without `masked`'s masks."""
+        return self.clean_contrastive and any("mlm_mask" in m.tensors for m in masked.modalities.values())
 
     def prepare(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         """Input corruption the objectives need before the forward pass (masked modelling)."""
@@ -32,11 +37,12 @@ class WeightedObjectives(nn.Module):
                 batch = self.objectives[name].mask_batch(batch, generator)
         return batch
 
-    def forward(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted total loss (scalar) and metrics: each objective's prefixed `name/`, plus `loss`."""
+    def forward(self, outputs: Outputs, batch: Batch, clean: Outputs | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total loss (scalar) and metrics: each objective's prefixed `name/`, plus `loss`.
+        `clean`: the outputs of the unmasked batch, which the contrastive loss then reads (see `needs_clean`)."""
         total, metrics = None, {}
         for name, obj in self.objectives.items():
-            loss, m = obj(outputs) if isinstance(obj, ContrastiveLoss) else obj(outputs, batch)
+            loss, m = obj(clean if clean is not None and name == "contrastive" else outputs, batch)
             total = self.weights[name] * loss if total is None else total + self.weights[name] * loss
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
         metrics["loss"] = float(total.detach())
@@ -58,7 +64,7 @@ def build_objectives(cfg, model) -> WeightedObjectives:
     weights: dict[str, float] = {}
     c = ocfg.contrastive
     if c.weight > 0:
-        objs["contrastive"] = ContrastiveLoss(c.kind, c.modalities, c.chunk_size, c.gather, c.fused_weight)
+        objs["contrastive"] = ContrastiveLoss(c.kind, c.modalities, c.chunk_size, c.gather, c.fused_weight, c.dedupe)
         weights["contrastive"] = c.weight
     m = ocfg.masked
     if m.weight > 0:
@@ -87,7 +93,7 @@ def build_objectives(cfg, model) -> WeightedObjectives:
         lm = build_lm(a.lm.kind, a.lm.pretrained, a.lm.preset, a.lm.vocab_size)
         objs["autoregressive"] = Autoregressive(lm, a.lm.mode, width, a.lm.freeze)
         weights["autoregressive"] = a.weight
-    return WeightedObjectives(objs, weights)
+    return WeightedObjectives(objs, weights, clean_contrastive=c.clean_forward)
 
 
 __all__ = ["Autoregressive", "ContrastiveLoss", "FusedMaskedModeling", "MaskedModeling", "Matching", "NextEvent", "WeightedObjectives", "build_lm", "build_objectives"]

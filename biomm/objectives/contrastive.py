@@ -5,6 +5,10 @@ computes the loss of its own rows against all processes' columns (all-gather wit
 scaled so that DDP's gradient averaging gives exactly the single-process loss and gradients:
 the mean over processes of the returned loss equals the loss of the whole batch.
 Logits are computed in row chunks (see chunked.py), so memory grows linearly with batch size.
+With `dedupe`, rows whose discrete inputs are identical in either modality of the pair (a label prompt
+shared by many cells) are taken out of each other's denominators, as UniCL does for label prompts: plain
+CLIP would push a cell away from its own prompt whenever another cell of its type is in the batch. That
+path computes the full [n, n] logits (it serves the label-prompt batches, which are small).
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from biomm.objectives.chunked import info_nce_sum, sigmoid_sum
-from biomm.objectives.distributed import gather_no_grad, gather_with_grad, world_size
-from biomm.types import Outputs
+from biomm.objectives.distributed import gather_no_grad, gather_with_grad, is_distributed, world_size
+from biomm.types import Batch, Outputs
 
 LOGIT_SCALE_MAX = math.log(100.0)
 
@@ -26,9 +30,9 @@ class ContrastiveLoss(nn.Module):
     """`forward(outputs) -> (loss, metrics)`; call `clamp_()` after each optimizer step."""
 
     def __init__(self, kind: str = "clip", modalities: list[str] | None = None, chunk_size: int = 1024,
-                 gather: bool = True, fused_weight: float = 0.0) -> None:
+                 gather: bool = True, fused_weight: float = 0.0, dedupe: bool = False) -> None:
         super().__init__()
-        self.fused_weight = fused_weight
+        self.fused_weight, self.dedupe = fused_weight, dedupe
         if kind not in ("clip", "siglip"):
             raise ValueError(f"contrastive kind must be 'clip' or 'siglip', got '{kind}'")
         self.kind, self.modalities, self.chunk, self.gather = kind, modalities, chunk_size, gather
@@ -41,8 +45,10 @@ class ContrastiveLoss(nn.Module):
         """Keep the log temperature in [0, ln 100] (CLIP)."""
         self.logit_scale.clamp_(0.0, LOGIT_SCALE_MAX)
 
-    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor, both: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Loss of one modality pair, for this process's rows; and the global number of rows."""
+    def pair_loss(self, za: torch.Tensor, zb: torch.Tensor, both: torch.Tensor,
+                  groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+        """Loss of one modality pair ([B, D] each, `both` [B] bool), for this process's rows; and the global
+        number of rows. `groups` ([B] int64 input hashes per side): pairs sharing either hash are not negatives."""
         za, zb = F.normalize(za.float(), dim=-1), F.normalize(zb.float(), dim=-1)
         gather = self.gather and world_size() > 1
         ga, offset = gather_with_grad(za) if gather else (za, 0)
@@ -59,7 +65,22 @@ class ContrastiveLoss(nn.Module):
         targets = col_index[offset + local]
         qa, qb = (za, zb) if bool(both.all()) else (za[local], zb[local])
         scale = self.logit_scale.exp()
-        if self.kind == "clip":
+        if groups is not None:
+            ha, hb = (gather_no_grad(g) if gather else g for g in groups)
+            ha, hb = (ha, hb) if every else (ha[gboth], hb[gboth])
+            mine = targets  # this process's rows among the columns
+            same = (ha[mine][:, None] == ha[None, :]) | (hb[mine][:, None] == hb[None, :])
+            same[torch.arange(len(mine), device=same.device), mine] = False
+            la = (scale * qa @ cols_b.T).masked_fill(same, float("-inf"))
+            lb = (scale * qb @ cols_a.T).masked_fill(same, float("-inf"))
+            if self.kind == "clip":
+                total = 0.5 * (F.cross_entropy(la, targets, reduction="sum") + F.cross_entropy(lb, targets, reduction="sum"))
+            else:
+                sign = -torch.ones_like(la)
+                sign[torch.arange(len(mine), device=la.device), mine] = 1.0
+                z = (la + self.logit_bias) * sign
+                total = -F.logsigmoid(z).masked_fill(same, 0.0).sum()
+        elif self.kind == "clip":
             total = 0.5 * (info_nce_sum(qa, cols_b, scale, targets, self.chunk) + info_nce_sum(qb, cols_a, scale, targets, self.chunk))
         else:
             total = sigmoid_sum(qa, cols_b, scale, self.logit_bias, targets, self.chunk)
@@ -67,13 +88,16 @@ class ContrastiveLoss(nn.Module):
         anchor = (za.sum() + zb.sum()) * 0.0 + (self.logit_bias * 0.0 if self.logit_bias is not None else 0.0)
         return total * world_size() / n + anchor, n
 
-    def forward(self, outputs: Outputs) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss (scalar) over modality pairs (plus the weighted fused terms), and metrics per pair."""
+    def forward(self, outputs: Outputs, batch: Batch | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss (scalar) over modality pairs (plus the weighted fused terms), and metrics per pair.
+        `batch` supplies the inputs that `dedupe` compares (ignored otherwise)."""
         mods = [m for m in (self.modalities or list(outputs.pooled)) if m in outputs.pooled]
         losses, metrics = [], {"logit_scale": float(self.logit_scale.detach().exp())}
+        hashes = {m: input_hashes(batch, m) for m in mods} if self.dedupe and batch is not None else {}
         for a, b in itertools.combinations(mods, 2):
             both = outputs.present[a] & outputs.present[b]
-            loss, n = self.pair_loss(outputs.pooled[a], outputs.pooled[b], both)
+            groups = (hashes[a], hashes[b]) if hashes else None
+            loss, n = self.pair_loss(outputs.pooled[a], outputs.pooled[b], both, groups)
             if n:
                 losses.append(loss)
                 metrics[f"{a}-{b}"] = float(loss.detach())
@@ -95,3 +119,27 @@ class ContrastiveLoss(nn.Module):
             total = total + self.fused_weight * sum(fused_losses) / max(1, len(fused_losses))
         metrics["loss"] = float(total.detach())  # this process's share x world size
         return total, metrics
+
+
+def input_hashes(batch: Batch, modality: str) -> torch.Tensor:
+    """[B] int64 hash of each row's discrete (integer / bool) inputs of `modality`, the same on every
+    process; rows with no discrete input get distinct negative values (unique across processes)."""
+    t = batch.modalities[modality].tensors
+    parts = [v.reshape(v.shape[0], -1).long() for k, v in sorted(t.items())
+             if k != "mlm_mask" and not torch.is_floating_point(v) and v.dim() >= 1]
+    b = next(iter(t.values())).shape[0]
+    if not parts:
+        rank = torch.distributed.get_rank() if is_distributed() else 0
+        return -1 - rank * b - torch.arange(b, dtype=torch.long, device=next(iter(t.values())).device)
+    x = (torch.cat(parts, 1) & 0x7FFFFFFF) + 1
+    return _poly_hash(x, 1_000_003) * (1 << 31) + _poly_hash(x, 999_983)  # two 31-bit hashes in one int64
+
+
+def _poly_hash(x: torch.Tensor, base: int) -> torch.Tensor:
+    """Row hash [B] of `x` [B, L] (entries in [1, 2^31)): sum_j x_j * base^j mod 2^31 - 1, in exact int64
+    arithmetic (each product < 2^62)."""
+    mod, pw, p = (1 << 31) - 1, [], 1
+    for _ in range(x.shape[1]):
+        pw.append(p)
+        p = p * base % mod
+    return ((x % mod) * torch.tensor(pw, dtype=torch.long, device=x.device) % mod).sum(1) % mod

@@ -48,9 +48,11 @@ class BiommLightning(L.LightningModule):
         step = self.global_step
         torch.manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
         gen = torch.Generator().manual_seed(self.cfg.trainer.seed * 7_919 + step)
-        batch = self.objectives.prepare(batch, gen)
-        out = self.model(batch)
-        loss, metrics = self.objectives(out, batch)
+        masked = self.objectives.prepare(batch, gen)
+        out = self.model(masked)
+        clean = self.model(batch) if self.objectives.needs_clean(masked) else None
+        loss, metrics = self.objectives(out, masked, clean)
+        batch = masked
         # Objectives on per-modality embeddings leave the fusion stream out of the loss; a zero-weighted
         # path gives its parameters a (zero) gradient so DDP runs without find_unused_parameters.
         loss = loss + 0.0 * out.fused.float().sum()

@@ -9,7 +9,7 @@ import pytest
 import scanpy as sc
 
 from biomm.eval.cells import annotation_cv, bootstrap_accuracy
-from biomm.heads.cells.imputation import hidden_entries, knn_smoothing
+from biomm.heads.cells.imputation import hidden_entries, knn_smoothing, mse_interval
 from biomm.heads.cells.perturbation import LinearBaseline, _cell_eval, normalised
 
 
@@ -40,7 +40,14 @@ def test_knn_smoothing_beats_gene_mean_on_hidden_values():
     assert hide.any(1).all() and 0.2 < hide.mean() < 0.3
     knn = knn_smoothing(ref, query, hide, k=15)
     mean = np.broadcast_to(ref.mean(0), query.shape)
-    assert ((knn - query)[hide] ** 2).mean() < ((mean - query)[hide] ** 2).mean()
+    sq_knn, sq_mean = ((knn - query)[hide] ** 2), ((mean - query)[hide] ** 2)
+    assert sq_knn.mean() < sq_mean.mean()
+    cell_of = np.nonzero(hide)[0]
+    lo, hi = mse_interval(sq_knn, cell_of, minus=sq_mean)  # paired over the same cells: all of it below zero
+    assert lo <= sq_knn.mean() - sq_mean.mean() <= hi < 0
+    assert mse_interval(sq_knn, cell_of, minus=sq_knn) == [0.0, 0.0]
+    lo, hi = mse_interval(sq_knn, cell_of)
+    assert lo <= sq_knn.mean() <= hi
 
 
 def test_linear_baseline_recovers_a_low_rank_response():

@@ -107,3 +107,68 @@ def test_chunked_loss_saves_no_square_matrix():
         loss, _ = ContrastiveLoss("clip", chunk_size=64)(outputs(za, zb, torch.ones(n).bool(), torch.ones(n).bool()))
     assert max(saved) <= n * d and sum(saved) < 20 * n * d
     loss.backward()
+
+
+def _batch(texts: list[list[int]], cells: torch.Tensor):
+    from biomm.types import Batch, ModalityInput
+
+    ids = torch.tensor(texts)
+    ones = torch.ones(len(texts), dtype=torch.bool)
+    mods = {"a": ModalityInput({"x": cells}, ones),  # float inputs only: every row its own group
+            "b": ModalityInput({"input_ids": ids, "attention_mask": ids > 0}, ones)}
+    return Batch(mods, [f"s{i}" for i in range(len(texts))], {}, {})
+
+
+def test_dedupe_drops_same_prompt_rows_from_the_denominators():
+    """Four cells, prompts [A, A, B, C]: with dedupe cell 0 is not pushed away from prompt A through
+    cell 1's copy, and prompt A's row does not count cell 1 as a negative (UniCL); unique prompts: plain CLIP."""
+    torch.manual_seed(1)
+    za, zb = torch.randn(4, 5), torch.randn(4, 5)
+    texts = [[5, 7, 0], [5, 7, 0], [6, 2, 0], [9, 9, 9]]
+    every = torch.ones(4, dtype=torch.bool)
+    fn = ContrastiveLoss("clip", dedupe=True)
+    loss, _ = fn(outputs(za, zb, every, every), _batch(texts, torch.randn(4, 3)))
+    s = fn.logit_scale.exp()
+    a, b = F.normalize(za, dim=-1), F.normalize(zb, dim=-1)
+    logits = s * a @ b.T
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True
+    t = torch.arange(4)
+    ref = 0.5 * (F.cross_entropy(logits.masked_fill(same, float("-inf")), t)
+                 + F.cross_entropy(logits.T.masked_fill(same, float("-inf")), t))
+    torch.testing.assert_close(loss, ref)
+    assert not torch.allclose(loss, naive_clip(za, zb, s))
+    distinct = [[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]]
+    plain, _ = ContrastiveLoss("clip")(outputs(za, zb, every, every))
+    deduped, _ = fn(outputs(za, zb, every, every), _batch(distinct, torch.randn(4, 3)))
+    torch.testing.assert_close(deduped, plain)
+
+
+def test_input_hashes_equal_exactly_for_equal_rows():
+    from biomm.objectives.contrastive import input_hashes
+
+    rows = [[5, 7, 0], [5, 7, 0], [7, 5, 0], [5, 7, 1], [0, 0, 0]]
+    h = input_hashes(_batch(rows, torch.randn(5, 3)), "b")
+    assert h[0] == h[1] and len(set(h[1:].tolist())) == 4
+    assert len(set(input_hashes(_batch(rows, torch.randn(5, 3)), "a").tolist())) == 5
+
+
+def test_clean_forward_feeds_the_unmasked_outputs_to_the_contrastive_loss():
+    from biomm.objectives import WeightedObjectives
+    from biomm.types import ModalityInput
+
+    torch.manual_seed(2)
+    every = torch.ones(4, dtype=torch.bool)
+    plain = _batch([[1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0]], torch.randn(4, 3))
+    masked = type(plain)({**plain.modalities, "a": ModalityInput({**plain.modalities["a"].tensors,
+                                                                  "mlm_mask": torch.rand(4, 3) < 0.5}, every)},
+                         plain.subject_ids)
+    fn = ContrastiveLoss("clip")
+    objs = WeightedObjectives({"contrastive": fn}, {"contrastive": 1.0}, clean_contrastive=True)
+    assert objs.needs_clean(masked) and not objs.needs_clean(plain)
+    assert not WeightedObjectives({"contrastive": fn}, {"contrastive": 1.0}).needs_clean(masked)
+    out_masked = outputs(torch.randn(4, 5), torch.randn(4, 5), every, every)
+    out_clean = outputs(torch.randn(4, 5), torch.randn(4, 5), every, every)
+    loss, _ = objs(out_masked, masked, out_clean)
+    torch.testing.assert_close(loss, fn(out_clean)[0])
+    torch.testing.assert_close(objs(out_masked, masked)[0], fn(out_masked)[0])

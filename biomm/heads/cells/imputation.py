@@ -213,10 +213,14 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else float("nan")
 
 
-def _ci(sq_err: np.ndarray, cell_of: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
-    """95% interval of the MSE by a bootstrap over cells (entries of one cell stay together)."""
+def mse_interval(sq_err: np.ndarray, cell_of: np.ndarray, n_boot: int = 1000, seed: int = 0,
+        minus: np.ndarray | None = None) -> list[float]:
+    """95% interval of the MSE by a bootstrap over cells (entries of one cell stay together); with `minus`
+    (another method's squared errors on the same entries), of the paired difference of the two MSEs."""
     cells, inv = np.unique(cell_of, return_inverse=True)
     s, c = np.bincount(inv, sq_err), np.bincount(inv)
+    if minus is not None:
+        s = s - np.bincount(inv, minus)
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(cells), (n_boot, len(cells)))
     boot = s[pick].sum(1) / c[pick].sum(1)
@@ -259,11 +263,15 @@ def evaluate_imputation(loaded, cells: CellSet, reference: CellSet, seed: int = 
                  "baselines": {"per_gene_mean": "mean of each gene over the reference (training) cells",
                                "knn_smoothing": f"mean over the {k} nearest reference cells in PCA space (50 PCs)"},
                  "methods": {}}
+    knn_sq = (preds["knn_smoothing"] - true) ** 2
     for name, p in preds.items():
         sq = (p - true) ** 2
         nz = true > 0
-        out["methods"][name] = {"mse": float(sq.mean()), "mse_ci95": _ci(sq, cell_of, seed=seed),
+        out["methods"][name] = {"mse": float(sq.mean()), "mse_ci95": mse_interval(sq, cell_of, seed=seed),
                                 "pearson": _pearson(p, true), "mse_nonzero": float(sq[nz].mean()) if nz.any() else float("nan")}
+        if name != "knn_smoothing":  # paired over the same cells and entries: negative = better than kNN smoothing
+            out["methods"][name]["mse_minus_knn"] = float((sq - knn_sq).mean())
+            out["methods"][name]["mse_minus_knn_ci95"] = mse_interval(sq, cell_of, seed=seed, minus=knn_sq)
     m = out["methods"]
     out.update({"mse": m["model"]["mse"], "baseline_mse": m["per_gene_mean"]["mse"], "knn_mse": m["knn_smoothing"]["mse"],
                 "pearson": m["model"]["pearson"], "baseline_pearson": m["per_gene_mean"]["pearson"]})

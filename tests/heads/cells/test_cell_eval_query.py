@@ -28,8 +28,11 @@ def test_eval_reports_probe_zero_shot_knn_and_pca_baseline(cell_model, cell_coho
     assert "minus_pca_logreg_ci95" in ann["probe"] and ann["probe"]["n"] == report["n_cells"]
     imp = report["imputation"]["methods"]
     assert {"model", "per_gene_mean", "knn_smoothing"} <= set(imp) and imp["model"]["mse"] < imp["per_gene_mean"]["mse"]
+    assert report["imputation"]["hidden_fraction"] == 0.25  # fixed by the protocol, not the model's training ratio
+    lo, hi = imp["model"]["mse_minus_knn_ci95"]
+    assert lo <= imp["model"]["mse_minus_knn"] <= hi and "mse_minus_knn" not in imp["knn_smoothing"]
     md = (tmp_path / "ev" / "report.md").read_text()
-    assert "| pca_logreg |" in md and "knn_smoothing" in md
+    assert "| pca_logreg |" in md and "knn_smoothing" in md and "kNN smoothing (paired" in md
     assert (tmp_path / "ev" / "annotation.png").exists() and (tmp_path / "ev" / "imputation.png").exists()
     assert (tmp_path / "ev" / "umap.png").exists() and (tmp_path / "ev" / "report.md").exists()
 
