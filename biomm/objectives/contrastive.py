@@ -68,16 +68,16 @@ class ContrastiveLoss(nn.Module):
         if groups is not None:
             ha, hb = (gather_no_grad(g) if gather else g for g in groups)
             ha, hb = (ha, hb) if every else (ha[gboth], hb[gboth])
-            mine = targets  # this process's rows among the columns
-            same = (ha[mine][:, None] == ha[None, :]) | (hb[mine][:, None] == hb[None, :])
-            same[torch.arange(len(mine), device=same.device), mine] = False
+            rows = torch.arange(len(targets), device=targets.device)  # this process's rows; `targets`: their columns
+            same = (ha[targets][:, None] == ha[None, :]) | (hb[targets][:, None] == hb[None, :])
+            same[rows, targets] = False
             la = (scale * qa @ cols_b.T).masked_fill(same, float("-inf"))
             lb = (scale * qb @ cols_a.T).masked_fill(same, float("-inf"))
             if self.kind == "clip":
                 total = 0.5 * (F.cross_entropy(la, targets, reduction="sum") + F.cross_entropy(lb, targets, reduction="sum"))
             else:
                 sign = -torch.ones_like(la)
-                sign[torch.arange(len(mine), device=la.device), mine] = 1.0
+                sign[rows, targets] = 1.0
                 z = (la + self.logit_bias) * sign
                 total = -F.logsigmoid(z).masked_fill(same, 0.0).sum()
         elif self.kind == "clip":
@@ -127,10 +127,11 @@ def input_hashes(batch: Batch, modality: str) -> torch.Tensor:
     t = batch.modalities[modality].tensors
     parts = [v.reshape(v.shape[0], -1).long() for k, v in sorted(t.items())
              if k != "mlm_mask" and not torch.is_floating_point(v) and v.dim() >= 1]
-    b = next(iter(t.values())).shape[0]
+    first = next(iter(t.values()))
     if not parts:
+        b = first.shape[0]
         rank = torch.distributed.get_rank() if is_distributed() else 0
-        return -1 - rank * b - torch.arange(b, dtype=torch.long, device=next(iter(t.values())).device)
+        return -1 - rank * b - torch.arange(b, dtype=torch.long, device=first.device)
     x = (torch.cat(parts, 1) & 0x7FFFFFFF) + 1
     return _poly_hash(x, 1_000_003) * (1 << 31) + _poly_hash(x, 999_983)  # two 31-bit hashes in one int64
 

@@ -52,7 +52,6 @@ class BiommLightning(L.LightningModule):
         out = self.model(masked)
         clean = self.model(batch) if self.objectives.needs_clean(masked) else None
         loss, metrics = self.objectives(out, masked, clean)
-        batch = masked
         # Objectives on per-modality embeddings leave the fusion stream out of the loss; a zero-weighted
         # path gives its parameters a (zero) gradient so DDP runs without find_unused_parameters.
         loss = loss + 0.0 * out.fused.float().sum()

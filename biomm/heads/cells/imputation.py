@@ -214,7 +214,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def mse_interval(sq_err: np.ndarray, cell_of: np.ndarray, n_boot: int = 1000, seed: int = 0,
-        minus: np.ndarray | None = None) -> list[float]:
+                 minus: np.ndarray | None = None) -> list[float]:
     """95% interval of the MSE by a bootstrap over cells (entries of one cell stay together); with `minus`
     (another method's squared errors on the same entries), of the paired difference of the two MSEs."""
     cells, inv = np.unique(cell_of, return_inverse=True)

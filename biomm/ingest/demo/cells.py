@@ -94,9 +94,9 @@ def pbmc3k_counts(resolution: float = 1.0, seed: int = 0) -> ad.AnnData:
     a.X = sp.csr_matrix(a.X, dtype=np.float32)
     sc.pp.filter_cells(a, min_genes=200)
     sc.pp.filter_genes(a, min_cells=3)
-    mt = a.var_names.str.startswith("MT-")
-    frac_mt = np.asarray(a.X[:, mt].sum(1)).ravel() / np.asarray(a.X.sum(1)).ravel()
-    a = a[(a.obs["n_genes"] < 2500).to_numpy() & (frac_mt < 0.05)].copy()
+    a.var["mt"] = a.var_names.str.startswith("MT-")
+    sc.pp.calculate_qc_metrics(a, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
+    a = a[(a.obs["n_genes"] < 2500).to_numpy() & (a.obs["pct_counts_mt"] < 5).to_numpy()].copy()
     w = a.copy()
     sc.pp.normalize_total(w, target_sum=1e4)
     sc.pp.log1p(w)
@@ -108,14 +108,17 @@ def pbmc3k_counts(resolution: float = 1.0, seed: int = 0) -> ad.AnnData:
     sc.pp.neighbors(w, n_neighbors=10, n_pcs=40, random_state=seed)
     sc.tl.leiden(w, resolution=resolution, flavor="igraph", n_iterations=2, directed=False, random_state=seed)
     clusters = w.obs["leiden"].astype(str).to_numpy()
-    expr = logged.X.toarray() if sp.issparse(logged.X) else np.asarray(logged.X)
-    z = (expr - expr.mean(0)) / np.maximum(expr.std(0), 1e-6)
-    col = {g: i for i, g in enumerate(logged.var_names)}
     names = list(PBMC3K_MARKERS)
+    markers = {t: [g for g in PBMC3K_MARKERS[t] if g in logged.var_names] for t in names}
+    genes = sorted({g for gs in markers.values() for g in gs})
+    expr = logged[:, genes].X  # only the marker columns are z-scored (the whole matrix is 2,638 x 13,714)
+    expr = expr.toarray() if sp.issparse(expr) else np.asarray(expr)
+    z = (expr - expr.mean(0)) / np.maximum(expr.std(0), 1e-6)
+    col = {g: i for i, g in enumerate(genes)}
     label = {}
     for c in np.unique(clusters):
         rows = clusters == c
-        score = [z[np.ix_(rows, [col[g] for g in PBMC3K_MARKERS[t] if g in col])].mean() for t in names]
+        score = [z[np.ix_(rows, [col[g] for g in markers[t]])].mean() for t in names]
         label[c] = names[int(np.argmax(score))]
     obs = a.obs[["n_genes"]].copy()
     obs["leiden"] = clusters
