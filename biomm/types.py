@@ -14,10 +14,12 @@ import torch
 
 @dataclass
 class Tokens:
-    """Adapter output: `x` [B, T, D] in the shared width, `mask` [B, T] bool (True = real token)."""
+    """Adapter output: `x` [B, T, D] in the shared width, `mask` [B, T] bool (True = real token), and optional
+    pooling weights `weight` [B, T] float (None = every real token weighs the same)."""
 
     x: torch.Tensor
     mask: torch.Tensor
+    weight: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.x.dim() != 3:
@@ -29,8 +31,9 @@ class Tokens:
             )
 
     def pooled(self) -> torch.Tensor:
-        """Masked mean over tokens: [B, D]. Rows with no real token give zeros (and must be masked by the caller)."""
-        m = self.mask.unsqueeze(-1).to(self.x.dtype)
+        """Masked (weighted) mean over tokens: [B, D]. Rows with no real token give zeros (and must be masked by the caller)."""
+        m = self.mask.to(self.x.dtype) if self.weight is None else self.mask.to(self.x.dtype) * self.weight.to(self.x.dtype)
+        m = m.unsqueeze(-1)
         return (self.x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 

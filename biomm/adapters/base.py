@@ -94,7 +94,11 @@ class Adapter(nn.Module, ABC):
                 h, mask = self.encode(tensors)
         else:
             h, mask = self.encode(tensors)
-        return Tokens(self.projector(h), mask)
+        return Tokens(self.projector(h), mask, self.token_weights(tensors))
+
+    def token_weights(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Pooling weights [B, T] aligned with `encode`'s tokens, or None (every real token weighs the same)."""
+        return None
 
     @abstractmethod
     def example_tensors(self, batch_size: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -57,6 +57,10 @@ class EhrConfig(AdapterConfig):
     code_text: Literal["none", "own", "shared"] = Field(
         "none", description="Add each code's display-name word-piece embeddings (DescEmb); shared: the text "
                             "encoder's word embeddings")
+    pooling_weight: Literal["event", "code"] = Field(
+        "event", description="Pooled embedding: every event weighs the same, or every distinct code of the record "
+                             "(its events share 1/count: repeated vitals no longer outweigh one diagnosis, as term "
+                             "frequency saturates in BM25)")
     code_text_length: int = Field(16, ge=1, description="Word pieces kept per code display name")
     text_vocab_size: int = Field(0, ge=0, description="Word-piece vocabulary of the code display names (set by the "
                                                       "data: the text tokenizer's size)")
@@ -230,12 +234,14 @@ class EhrAdapter(Adapter):
 
     def set_tables(self, tables: dict[str, torch.Tensor]) -> None:
         """Fill the data's tables: `code_words` [vocab_size, K'] long, each code's display word pieces (0 = pad;
-        cut or padded to `code_text_length`)."""
+        cut or padded to `code_text_length`; rows past the table stay 0). More codes than `vocab_size` is an error."""
         embed = self.encoder["embed"]
         if "code_words" not in tables or embed.words is None:
             return
         t, buf = tables["code_words"].long(), embed.code_words
-        n, k = min(t.shape[0], buf.shape[0]), min(t.shape[1], buf.shape[1])
+        if t.shape[0] > buf.shape[0]:  # codes past vocab_size would silently lose their words: a data/config mismatch
+            raise ConfigError(f"ehr code_words table has {t.shape[0]} codes, the adapter's vocab_size is {buf.shape[0]}")
+        n, k = t.shape[0], min(t.shape[1], buf.shape[1])
         buf.zero_()
         buf[:n, :k] = t[:n, :k]
 
@@ -283,6 +289,17 @@ class EhrAdapter(Adapter):
                                   age.float() if age is not None else None, gap, static)
         h = self.encoder["transformer"](h, mask, self.cfg.causal)
         return h, mask
+
+    def token_weights(self, tensors):
+        """With `pooling_weight: code`, 1 / (events of the same code in the row) [B, L'] for the events `encode`
+        keeps; else None."""
+        if self.cfg.pooling_weight == "event":
+            return None
+        t = self._events(tensors)
+        codes, mask = t["codes"].long(), t["mask"]
+        counts = torch.zeros(codes.shape[0], int(codes.max()) + 1, device=codes.device)
+        counts.scatter_add_(1, codes, mask.float())
+        return 1.0 / counts.gather(1, codes).clamp_min(1.0)
 
     def example_tensors(self, batch_size, length, generator):
         """Random left-aligned events: `codes`, `values`, `value_mask`, `value_bins`, `times` (ascending), `age`,

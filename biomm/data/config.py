@@ -22,6 +22,10 @@ class DataConfig(StrictModel):
     text_max_length: int = Field(64, ge=8)
     text_tokenizer: str | None = Field(None, description="Local directory of a pretrained tokenizer (overrides training one)")
     text_notes: int = Field(3, ge=1, description="Most recent notes joined into a patient's text")
+    train_times: Literal["record", "notes"] = Field(
+        "record", description="Patients: training samples per subject. 'record': one, the whole record; 'notes': also "
+                              "one as of each note's time (events, notes and images up to then, no label), so each "
+                              "note pairs with the record a clinician had when writing it")
     imaging_modalities: list[str] | None = Field(None, description="DICOM modalities used (e.g. [CR, DX]); default: all")
     label_key: str | None = Field(None, description="Cells: obs column whose label prompt ('a {label} cell') is the text")
     label_name: str | None = Field(None, description="Patients: a cohort label (labels table) given to each sample, for supervised objectives; sequences: the label whose prompt is the text")

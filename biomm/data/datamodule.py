@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -107,8 +108,22 @@ class PatientDataModule(SplitLoaders):
                         for m in self.cfg.modalities}
         for source in self.sources.values():
             source.link(self.sources)
+        if self.cfg.train_times == "notes" and not inference and self.given_samples is None:
+            self.samples["train"] = self.samples["train"] + self._note_time_samples(self.samples["train"])
         self.collate = Collator(self.sources)
         return self
+
+    def _note_time_samples(self, train: list[Sample]) -> list[Sample]:
+        """One unlabelled sample per training subject and note time (before the last note: the whole-record
+        sample covers that one); labels stay with the whole-record samples, whose prediction time they were made for."""
+        source = self.sources.get("text")
+        if source is None:
+            raise ConfigError("data.train_times: notes needs the text modality in data.modalities")
+        out = []
+        for s in train:
+            times = source.note_times(s.subject_id)
+            out += [Sample(s.subject_id, prediction_time=float(t)) for t in np.unique(times[np.isfinite(times)])[:-1]]
+        return out
 
     @property
     def events(self):

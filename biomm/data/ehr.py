@@ -316,6 +316,12 @@ def check_vocabulary_coverage(ehr: EhrEvents, cohort_root: Path, minimum: float 
     return known
 
 
+def code_display(code: str, displays: dict[str, str]) -> str:
+    """A code's display name from `displays`, else the code itself with its system and separators as spaces
+    ("SNOMED/44054006" -> "SNOMED 44054006"): how the model (DescEmb) and the lexical baseline read a code."""
+    return displays.get(code) or code.replace("/", " ").replace("_", " ")
+
+
 class EhrSource(ModalitySource):
     """EHR events for the model: each sample's most recent `max_events` events before its prediction time."""
 
@@ -356,8 +362,7 @@ class EhrSource(ModalitySource):
         """The display name of every vocabulary id [vocab.size] ('' for the special tokens; the code itself,
         its system and separators as spaces, where the cohort recorded no display)."""
         vocab = self.events.vocab
-        return [""] * len(SPECIAL) + [self.displays.get(c) or c.replace("/", " ").replace("_", " ")
-                                      for c in vocab.codes]
+        return [""] * len(SPECIAL) + [code_display(c, self.displays) for c in vocab.codes]
 
     def link(self, sources: dict[str, ModalitySource]) -> None:
         """`code_text`: tokenise display names with the text modality's tokenizer, or (no text modality) a

@@ -76,6 +76,10 @@ class NotesSource(ModalitySource):
         tok = run_tokenizer(ctx, lambda: [t for sid, (_, ts) in notes.notes.items() if sid in train for t in ts])
         return cls(notes, tok, ctx.cfg.text_notes, ctx.cfg.text_max_length)
 
+    def note_times(self, subject_id: str) -> np.ndarray:
+        """Times [N] (days since epoch, ascending; -inf where undated) of the subject's notes (empty without notes)."""
+        return self.notes.notes.get(subject_id, (np.zeros(0), []))[0]
+
     def batch(self, samples: list[Sample]) -> tuple[ModalityInput, dict]:
         """input_ids / attention_mask `[B, L]`; present `[B]` (False: no note before the time)."""
         texts = [self.notes.text(s.subject_id, s.prediction_time, self.last) for s in samples]

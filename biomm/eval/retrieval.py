@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from biomm.data.ehr import code_display
 from biomm.data.samples import Sample
 from biomm.eval import plots
 from biomm.eval.metrics import auroc
@@ -183,7 +184,7 @@ def ehr_text(dm, samples: list[Sample], displays: dict[str, str], max_events: in
             continue
         a, e = events.span(s.subject_id, s.prediction_time)
         codes = events.codes_text[max(a, e - max_events):e]
-        out.append(" ".join(displays.get(str(c), str(c).replace("/", " ")) for c in codes))
+        out.append(" ".join(code_display(str(c), displays) for c in codes))
     return out
 
 

@@ -31,7 +31,7 @@ class Fused:
 
 def masked(tokens: Tokens, present: torch.Tensor) -> Tokens:
     """`tokens` with its mask [B, T] and-ed with `present` [B]."""
-    return Tokens(tokens.x, tokens.mask & present[:, None])
+    return Tokens(tokens.x, tokens.mask & present[:, None], tokens.weight)
 
 
 def pool_head(width: int) -> nn.Sequential:

@@ -96,3 +96,26 @@ def test_time_since_previous_event():
     mask = torch.tensor([[True, True, True, True, False]])
     static = torch.tensor([[True, False, False, False, False]])
     assert time_gaps(times, mask, static).tolist() == [[0.0, 0.0, 3.0, 7.0, 0.0]]
+
+
+def test_code_pooling_weighs_each_distinct_code_once(clinical_cohort):
+    """`pooling_weight: code`: a record's events of one code share 1/count, so the pooled embedding is the mean
+    over distinct codes of their events' mean; `event` (the default) is the plain mean over events."""
+    vocab = EhrVocab.build(clinical_cohort, value_bins=10)
+    events = EhrEvents(clinical_cohort, vocab)
+    sid = max(events.subjects, key=lambda s: events.subjects[s][1] - events.subjects[s][0])
+    t, _ = events.tensors([sid], 512)
+    torch.manual_seed(0)
+    a = build_adapter("ehr", EhrConfig(vocab_size=vocab.size, pooling_weight="code"), D, "tiny").eval()
+    with torch.no_grad():
+        out = a(t)
+    codes = t["codes"][0][t["mask"][0]]
+    x = out.x[0][out.mask[0]]
+    assert len(codes.unique()) < len(codes)  # vitals repeat: the weights matter on this record
+    per_code = torch.stack([x[codes == c].mean(0) for c in codes.unique()])
+    torch.testing.assert_close(out.pooled()[0], per_code.mean(0), rtol=1e-5, atol=1e-6)
+    w = out.weight[0][out.mask[0]]
+    for c in codes.unique()[:5]:
+        torch.testing.assert_close(w[codes == c].sum(), torch.tensor(1.0))
+    plain = build_adapter("ehr", EhrConfig(vocab_size=vocab.size), D, "tiny")
+    assert plain.token_weights(t) is None
