@@ -21,9 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/biomm run pipelines/demo.yaml
-	$(BIN)/biomm run pipelines/cells.yaml
-	$(BIN)/biomm run pipelines/sequences.yaml
+	$(BIN)/biomm run pipelines/demo.yaml pipelines/cells.yaml pipelines/sequences.yaml
 
 test: $(STAMP)
 	bash scripts/test.sh

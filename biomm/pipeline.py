@@ -58,13 +58,18 @@ class PipelineContext:
         return p if p.is_absolute() else (self.project_root / p)
 
 
+def check_steps(cfg: PipelineConfig, steps: dict[str, StepFn]) -> None:
+    """Raise ConfigError naming the pipeline and any step kind of `cfg` that `steps` lacks."""
+    unknown = [s.kind for s in cfg.steps if s.kind not in steps]
+    if unknown:
+        raise ConfigError(f"pipeline {cfg.name}: unknown step kind(s) {unknown}; known: {sorted(steps)}")
+
+
 def run_pipeline(cfg: PipelineConfig, project_root: Path, steps: dict[str, StepFn],
                  only: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run `cfg`'s steps in order (or only those named in `only`); returns each step's result by name."""
     console = console or Console(stderr=True)
-    unknown = [s.kind for s in cfg.steps if s.kind not in steps]
-    if unknown:
-        raise ConfigError(f"unknown pipeline step kind(s) {unknown}; known: {sorted(steps)}")
+    check_steps(cfg, steps)
     workdir = Path(cfg.workdir)
     if not workdir.is_absolute():
         workdir = project_root / workdir

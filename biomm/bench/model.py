@@ -80,6 +80,7 @@ def run(batch_size: int = 16, length: int = 128, iters: int = 5, threads: int = 
     fp32, bf16 = timed["fp32"], timed["bf16"]
     peak = _matmul_peak()
     naive, chunked = _loss_memory_subprocess("naive"), _loss_memory_subprocess("chunked")
+    dedupe = _loss_memory_subprocess("chunked_dedupe")
     result = {
         "bench": "model",
         "model": "middle fusion, small preset (width 256), 5 modalities",
@@ -100,6 +101,8 @@ def run(batch_size: int = 16, length: int = 128, iters: int = 5, threads: int = 
         "contrastive_chunked_peak_mib": round(chunked["peak_mib"], 1),
         "contrastive_naive_over_chunked_memory": round(naive["peak_mib"] / max(chunked["peak_mib"], 1e-3), 1),
         "contrastive_loss_abs_diff": abs(naive["loss"] - chunked["loss"]),
+        "contrastive_chunked_dedupe_peak_mib": round(dedupe["peak_mib"], 1),
+        "contrastive_naive_over_chunked_dedupe_memory": round(naive["peak_mib"] / max(dedupe["peak_mib"], 1e-3), 1),
         "contrastive_naive_over_chunked_time": round(naive["seconds"] / chunked["seconds"], 2),
         "memory_method": "each loss (forward+backward, fp32, embeddings [4096,512] x2, chunk 256 rows) runs in a "
                          "fresh process after a small warm-up; peak = kernel RSS high-water mark (VmHWM, reset via "

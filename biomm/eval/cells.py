@@ -11,7 +11,7 @@
   against the per-gene mean and kNN smoothing (mean of the 15 nearest training cells in PCA space).
 - Perturbation (when a head is fitted): cell-eval metrics against the real control cells for the
   head and every baseline (biomm.heads.cells.perturbation.evaluate_perturbation).
-A plot per head, and a UMAP of the embeddings."""
+A plot per head, and a t-SNE map of the embeddings."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +28,6 @@ from biomm.eval import plots
 from biomm.model.bundle import LoadedModel
 from biomm.query.index import VectorIndex
 
-HIDDEN_FRACTION = 0.25  # of each held-out cell's HVG values hidden for the imputation figures
 
 
 def knn_transfer(ref: np.ndarray, ref_labels: list[str], query: np.ndarray, k: int = 15) -> list[str]:
@@ -123,7 +122,7 @@ def annotation_cv(e: np.ndarray, x: np.ndarray, y: list[str], folds: int = 5, se
 def evaluate_cells(loaded: LoadedModel, cohort: str | Path, out: str | Path, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """The cell protocol (module doc): annotation CV, imputation, perturbation, plots; returns the report."""
     from biomm.heads.cells.cellset import cohort_splits
-    from biomm.heads.cells.imputation import evaluate_imputation
+    from biomm.heads.cells.imputation import HIDDEN_FRACTION, evaluate_imputation
     from biomm.heads.cells.virtual_cell import VirtualCell
     from biomm.schema import QueryError
 
@@ -165,8 +164,8 @@ def evaluate_cells(loaded: LoadedModel, cohort: str | Path, out: str | Path, fol
     if vc.perturbation is not None:
         report["perturbation"] = vc.perturbation.metrics.get("held_out", {})
         report["perturbation"]["simulated"] = "SIMULATED knock-downs of real cells (biomm cells simulate-perturbation)"
-    report["plots"] = {"umap": plots.umap_plot(np.concatenate([e_train, e_held]), list(y_train) + list(y_held),
-                                               "cell embeddings (train + held-out)", out / "umap.png").name,
+    report["plots"] = {"tsne": plots.tsne_plot(np.concatenate([e_train, e_held]), list(y_train) + list(y_held),
+                                               "cell embeddings (train + held-out)", out / "tsne.png").name,
                        "annotation": annotation_plot(ann, out / "annotation.png").name}
     if "methods" in report["imputation"]:
         report["plots"]["imputation"] = imputation_plot(report["imputation"], out / "imputation.png").name

@@ -243,7 +243,7 @@ def evaluate_clinical(loaded: LoadedModel, cohort: str | Path, out: str | Path, 
                       names: list[str] | None = None, recall_k: tuple[int, ...] = (1, 5, 10),
                       protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every task (or `names`) under the protocol, the mean over tasks, cross-modal retrieval on the test split,
-    and a UMAP of the fused embeddings. A shipped task that cannot apply to the cohort (no subject with its
+    and a t-SNE map of the fused embeddings. A shipped task that cannot apply to the cohort (no subject with its
     outcome) is reported as skipped; one named in `names` raises its ConfigError."""
     cohort, out = Path(cohort), Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,8 +276,8 @@ def evaluate_clinical(loaded: LoadedModel, cohort: str | Path, out: str | Path, 
     if len(emb.samples) > 3:
         labels = ["has imaging" if emb.present.get("imaging", np.zeros(len(emb.samples), bool))[i] else "no imaging"
                   for i in range(len(emb.samples))]
-        report.setdefault("plots", {})["umap"] = plots.umap_plot(
-            emb.fused, labels, "fused embeddings (test split)", out / "umap.png").name
+        report.setdefault("plots", {})["tsne"] = plots.tsne_plot(
+            emb.fused, labels, "fused embeddings (test split)", out / "tsne.png").name
     return report
 
 
@@ -331,7 +331,7 @@ def clinical_markdown(report: dict[str, Any]) -> str:
         lines += ["## Cross-modal retrieval (test split)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(report["retrieval_test"].items())]
         lines.append("")
-    for name in ("recall", "umap"):
+    for name in ("recall", "tsne"):
         if name in report.get("plots", {}):
             lines += [f"![{name}]({report['plots'][name]})", ""]
     return "\n".join(lines)

@@ -44,13 +44,16 @@ def calibration_plot(curves: dict[str, tuple[list[float], list[float]]], title: 
     return path
 
 
-def umap_plot(x: np.ndarray, labels: list[str], title: str, path: Path, seed: int = 0) -> Path:
-    """2-D UMAP of embeddings coloured by label (umap-learn, installed with scanpy)."""
-    import umap
+def tsne_plot(x: np.ndarray, labels: list[str], title: str, path: Path, seed: int = 0) -> Path:
+    """2-D t-SNE (scikit-learn, Barnes-Hut) of embeddings x [N, D] coloured by label.
+
+    t-SNE rather than UMAP: umap-learn's numba kernels compile afresh in every process (about 25 s on 2 cores
+    before the first point), t-SNE needs about 1 s for the few hundred points of a report."""
+    from sklearn.manifold import TSNE
 
     n = len(x)
-    coords = umap.UMAP(n_neighbors=min(15, max(2, n - 1)), random_state=seed, init="random").fit_transform(x) if n > 3 \
-        else np.zeros((n, 2))
+    coords = TSNE(2, perplexity=float(min(30, max(2, (n - 1) // 3))), init="pca", random_state=seed).fit_transform(
+        np.asarray(x, dtype=np.float32)) if n > 3 else np.zeros((n, 2))
     fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
     for lab in sorted(set(labels)):
         idx = [i for i, l in enumerate(labels) if l == lab]

@@ -59,7 +59,7 @@ class ContrastiveConfig(StrictModel):
     fused_weight: float = Field(0.0, ge=0, description="Also align the fused embedding with each present modality's")
     dedupe: bool = Field(False, description="Rows of a batch with identical discrete inputs in either modality of a "
                                             "pair (the same label prompt) are not each other's negatives (UniCL); "
-                                            "computes the full [n, n] logits")
+                                            "masked chunk by chunk, memory stays linear")
     clean_forward: bool = Field(False, description="Align the embeddings of the uncorrupted inputs: where masked "
                                                    "modelling hides inputs, a second forward pass without the masks "
                                                    "feeds this loss (FLAVA), so training embeds what queries embed")

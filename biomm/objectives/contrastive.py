@@ -7,8 +7,8 @@ the mean over processes of the returned loss equals the loss of the whole batch.
 Logits are computed in row chunks (see chunked.py), so memory grows linearly with batch size.
 With `dedupe`, rows whose discrete inputs are identical in either modality of the pair (a label prompt
 shared by many cells) are taken out of each other's denominators, as UniCL does for label prompts: plain
-CLIP would push a cell away from its own prompt whenever another cell of its type is in the batch. That
-path computes the full [n, n] logits (it serves the label-prompt batches, which are small).
+CLIP would push a cell away from its own prompt whenever another cell of its type is in the batch. The
+left-out pairs are masked chunk by chunk, so memory stays linear with dedupe too.
 """
 from __future__ import annotations
 
@@ -65,25 +65,17 @@ class ContrastiveLoss(nn.Module):
         targets = col_index[offset + local]
         qa, qb = (za, zb) if bool(both.all()) else (za[local], zb[local])
         scale = self.logit_scale.exp()
+        keys = None
         if groups is not None:
             ha, hb = (gather_no_grad(g) if gather else g for g in groups)
             ha, hb = (ha, hb) if every else (ha[gboth], hb[gboth])
-            rows = torch.arange(len(targets), device=targets.device)  # this process's rows; `targets`: their columns
-            same = (ha[targets][:, None] == ha[None, :]) | (hb[targets][:, None] == hb[None, :])
-            same[rows, targets] = False
-            la = (scale * qa @ cols_b.T).masked_fill(same, float("-inf"))
-            lb = (scale * qb @ cols_a.T).masked_fill(same, float("-inf"))
-            if self.kind == "clip":
-                total = 0.5 * (F.cross_entropy(la, targets, reduction="sum") + F.cross_entropy(lb, targets, reduction="sum"))
-            else:
-                sign = -torch.ones_like(la)
-                sign[rows, targets] = 1.0
-                z = (la + self.logit_bias) * sign
-                total = -F.logsigmoid(z).masked_fill(same, 0.0).sum()
-        elif self.kind == "clip":
-            total = 0.5 * (info_nce_sum(qa, cols_b, scale, targets, self.chunk) + info_nce_sum(qb, cols_a, scale, targets, self.chunk))
+            # rows (this process's, at their target columns) and columns of each side; a shared key = not a negative
+            keys = (ha[targets], ha, hb[targets], hb)
+        if self.kind == "clip":
+            total = 0.5 * (info_nce_sum(qa, cols_b, scale, targets, self.chunk, keys)
+                           + info_nce_sum(qb, cols_a, scale, targets, self.chunk, keys))
         else:
-            total = sigmoid_sum(qa, cols_b, scale, self.logit_bias, targets, self.chunk)
+            total = sigmoid_sum(qa, cols_b, scale, self.logit_bias, targets, self.chunk, keys)
         # + 0 * (all embeddings, bias): keeps every parameter in the graph on every process
         anchor = (za.sum() + zb.sum()) * 0.0 + (self.logit_bias * 0.0 if self.logit_bias is not None else 0.0)
         return total * world_size() / n + anchor, n

@@ -1,4 +1,4 @@
-"""Peak memory of the contrastive loss, chunked vs naive (for `biomm bench model`).
+"""Peak memory of the contrastive loss, chunked (with and without `dedupe`) vs naive (for `biomm bench model`).
 
 Run each measurement in a fresh process. torch's CPU allocator keeps no statistics, so the
 honest measure is the process's resident set: the kernel's high-water mark (VmHWM) is reset
@@ -36,14 +36,17 @@ def _loss(kind: str, loss_fn: ContrastiveLoss, za: torch.Tensor, zb: torch.Tenso
         target = torch.arange(n)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     present = torch.ones(n, dtype=torch.bool)
+    if kind == "chunked_dedupe":  # 64 label prompts shared by the rows (cells of 64 types), each row's own cell
+        prompts = torch.arange(n) % 64
+        return loss_fn.pair_loss(za, zb, present, (torch.arange(n), prompts))[0]
     dummy = Tokens(torch.zeros(n, 1, 1), present[:, None])
     return loss_fn(Outputs({"a": dummy, "b": dummy}, {"a": za, "b": zb}, {"a": present, "b": present}))[0]
 
 
 def contrastive_peak_memory(kind: str, n: int = 4096, d: int = 512, chunk: int = 256) -> dict:
-    """{loss, peak_mib, seconds} of one forward+backward of the `kind` ('naive'|'chunked') loss."""
+    """{loss, peak_mib, seconds} of one forward+backward of the `kind` ('naive'|'chunked'|'chunked_dedupe') loss."""
     torch.manual_seed(0)
-    loss_fn = ContrastiveLoss("clip", chunk_size=chunk)
+    loss_fn = ContrastiveLoss("clip", chunk_size=chunk, dedupe=kind == "chunked_dedupe")
 
     def run(rows: int) -> tuple[torch.Tensor, float, float]:
         za = torch.randn(rows, d, requires_grad=True)

@@ -144,6 +144,33 @@ def test_dedupe_drops_same_prompt_rows_from_the_denominators():
     torch.testing.assert_close(deduped, plain)
 
 
+def test_dedupe_in_chunks_matches_the_full_masked_matrix_with_gradients():
+    """dedupe keeps the chunked path: with chunks of 3 rows over a batch of 10 (prompts repeating), loss and
+    gradients equal the full [n, n] masked-logit formula, for CLIP and SigLIP."""
+    torch.manual_seed(3)
+    texts = [[1, 0], [2, 0], [1, 0], [3, 0], [2, 0], [1, 0], [4, 0], [5, 0], [3, 0], [6, 0]]
+    every = torch.ones(10, dtype=torch.bool)
+    same = torch.tensor([[texts[i] == texts[j] and i != j for j in range(10)] for i in range(10)])
+    t = torch.arange(10)
+    for kind in ("clip", "siglip"):
+        fn = ContrastiveLoss(kind, dedupe=True, chunk_size=3)
+        za, zb = torch.randn(10, 6, requires_grad=True), torch.randn(10, 6, requires_grad=True)
+        loss, _ = fn(outputs(za, zb, every, every), _batch(texts, torch.randn(10, 3)))
+        ga, gb = torch.autograd.grad(loss, (za, zb))
+        ra, rb = za.detach().clone().requires_grad_(), zb.detach().clone().requires_grad_()
+        logits = fn.logit_scale.exp() * F.normalize(ra, dim=-1) @ F.normalize(rb, dim=-1).T
+        if kind == "clip":
+            ref = 0.5 * (F.cross_entropy(logits.masked_fill(same, float("-inf")), t)
+                         + F.cross_entropy(logits.T.masked_fill(same, float("-inf")), t))
+        else:
+            sign = 2 * torch.eye(10) - 1
+            ref = -F.logsigmoid((logits + fn.logit_bias) * sign).masked_fill(same, 0.0).sum() / 10
+        ref_a, ref_b = torch.autograd.grad(ref, (ra, rb))
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(ga, ref_a)
+        torch.testing.assert_close(gb, ref_b)
+
+
 def test_input_hashes_equal_exactly_for_equal_rows():
     from biomm.objectives.contrastive import input_hashes
 

@@ -41,7 +41,7 @@ def test_eval_reports_biomm_against_baselines(evaluated):
         assert set(m["few_shot"]) <= {"1", "4", "16"}
     folder = path.parent
     assert (folder / r["plots"]["few_shot"]).stat().st_size > 1000
-    assert (folder / "few_shot_mean.png").exists() and (folder / "umap.png").exists()
+    assert (folder / "few_shot_mean.png").exists() and (folder / "tsne.png").exists()
     saved = json.loads((folder / "metrics.json").read_text())
     assert saved["summary"]["rows"]["bag_of_codes_lr"]["full"]["auroc"] is not None
     assert "targets" in saved["summary"]

@@ -227,16 +227,19 @@ def mse_interval(sq_err: np.ndarray, cell_of: np.ndarray, n_boot: int = 1000, se
     return [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
 
 
+HIDDEN_FRACTION = 0.25  # of each held-out cell's HVG values hidden for the imputation figures, whatever the model's
+# pre-training ratio: models trained with different ratios are compared on the same task
+
+
 def evaluate_imputation(loaded, cells: CellSet, reference: CellSet, seed: int = 0, batch_size: int = 256,
-                        ratio: float | None = None, k: int = 15, calibration: CellSet | None = None) -> dict:
-    """Hide `ratio` (default: the pre-training ratio) of the HVG entries of each held-out cell; MSE and
+                        ratio: float = HIDDEN_FRACTION, k: int = 15, calibration: CellSet | None = None) -> dict:
+    """Hide `ratio` (default `HIDDEN_FRACTION`, 25%) of the HVG entries of each held-out cell; MSE and
     Pearson of the model, the per-gene mean and kNN smoothing on the same entries, with 95% intervals.
     The model's blend weights are fitted on `calibration` cells (other held-out cells, e.g. the val split;
     default: the reference cells), its neighbours and both baselines come from the `reference` cells."""
     cols = eval_columns(loaded, cells)
     if not len(cols):
         raise QueryError(f"no highly variable gene of {cells.path.name} is known to the model")
-    ratio = ratio or loaded.model.config.objectives.masked.ratio
     imputer = MaskedImputer(loaded, cells, cols)
     ref_cols = eval_columns(loaded, reference)
     if not np.array_equal(ref_cols, cols) and reference.path != cells.path:

@@ -34,7 +34,7 @@ def test_eval_reports_probe_zero_shot_knn_and_pca_baseline(cell_model, cell_coho
     md = (tmp_path / "ev" / "report.md").read_text()
     assert "| pca_logreg |" in md and "knn_smoothing" in md and "kNN smoothing (paired" in md
     assert (tmp_path / "ev" / "annotation.png").exists() and (tmp_path / "ev" / "imputation.png").exists()
-    assert (tmp_path / "ev" / "umap.png").exists() and (tmp_path / "ev" / "report.md").exists()
+    assert (tmp_path / "ev" / "tsne.png").exists() and (tmp_path / "ev" / "report.md").exists()
 
 
 def test_embed_writes_obsm_and_engine_answers(cell_model, cell_cohort, tmp_path):

@@ -35,6 +35,7 @@ def test_probe_fit_evaluate_and_reload(cell_model, cell_cohort, tmp_path):
     assert zero["accuracy"] > 1.5 / 10  # ten cell types: above chance without any labelled cell
     imp = report["imputation"]
     assert imp["n_hidden"] > imp["n_cells"] and np.isfinite(imp["mse"]) and imp["baseline_pearson"] > 0.5
+    assert imp["hidden_fraction"] == 0.25  # the protocol's fraction, as in `biomm eval`, not the training ratio
     assert json.loads((tmp_path / "report/virtual_cell_report.json").read_text())["split"] == "test"
     assert (tmp_path / "report/confusion_probe.png").stat().st_size > 10_000
 
