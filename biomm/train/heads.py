@@ -74,7 +74,7 @@ def _as_is(batch: Any) -> Any:
 
 
 @contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Lightning's start-up notes (accelerator, precision, loader workers) are noise for a head fitted
     inside a command: in-memory batches need no worker processes."""
     loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
@@ -106,7 +106,7 @@ def fit_head(module: nn.Module, loss_fn: LossFn, batches: Sequence[Any], *, lr: 
     loader = DataLoader(_Steps(batches), batch_size=None, shuffle=False, collate_fn=_as_is,
                         generator=torch.Generator().manual_seed(0))
     module.train()  # Lightning keeps a module's mode as it finds it: an evaluation just before would disable dropout
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), max_epochs=1,
                             precision=lightning_precision, gradient_clip_val=gradient_clip_val,
                             logger=False, enable_checkpointing=False, enable_progress_bar=progress,

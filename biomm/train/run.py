@@ -5,8 +5,10 @@ draws a seeded permutation per epoch and starts at the restored global step, and
 reseeds torch from (seed, step) — so a run killed and resumed from its last checkpoint ends with
 the same weights as one that was never interrupted (bitwise in fp32, within bf16 tolerance)."""
 import json
+import logging
 import platform
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from biomm.data.samples import SampleDataset
 from biomm.model.factory import build_model
 from biomm.objectives import WeightedObjectives, build_objectives
 from biomm.train.config import TrainConfig
+from biomm.train.heads import quiet_lightning
 from biomm.train.plan import LAST, BiommLightning
 from biomm.train.precision import resolve_precision
 from biomm.train.sampling import StepCells, StepSampler, TimedLoader
@@ -120,6 +123,24 @@ def prepare_run(cfg: TrainConfig, cohort: str | Path, out: str | Path, load_arti
     return dm, model_cfg
 
 
+def _trainer(t, out: Path, precision: str, callbacks: list[Callback], progress: bool) -> L.Trainer:
+    """The Lightning Trainer of a run (`t`: the trainer config)."""
+    return L.Trainer(
+        default_root_dir=str(out), max_steps=t.max_steps, max_epochs=-1, precision=precision,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy="ddp_find_unused_parameters_false" if t.strategy == "ddp" else t.strategy,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=min(t.val_every_n_steps, t.max_steps) * t.accumulate_grad_batches,
+        check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        logger=[TensorBoardLogger(str(out), name="tensorboard", version=""), CSVLogger(str(out), name="csv", version="")],
+        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # StepSampler shards each global batch across ranks itself
+        # a new loader for every Lightning epoch, starting at the trainer's global step: after a resume
+        # mid-way, Lightning would otherwise iterate the same loader again from its first step
+        reload_dataloaders_every_n_epochs=1,
+    )
+
+
 def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = False,
         progress: bool = True, extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train; returns the final validation metrics. `resume` continues from out/checkpoints/last.ckpt."""
@@ -161,21 +182,11 @@ def fit(cfg: TrainConfig, cohort: str | Path, out: str | Path, resume: bool = Fa
     if progress:
         callbacks.append(RichProgressBar(leave=True))
     t = cfg.trainer
-    trainer = L.Trainer(
-        default_root_dir=str(out), max_steps=t.max_steps, max_epochs=-1, precision=precision,
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy="ddp_find_unused_parameters_false" if t.strategy == "ddp" else t.strategy,
-        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        val_check_interval=min(t.val_every_n_steps, t.max_steps) * t.accumulate_grad_batches,
-        check_val_every_n_epoch=None, log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-        logger=[TensorBoardLogger(str(out), name="tensorboard", version=""), CSVLogger(str(out), name="csv", version="")],
-        callbacks=callbacks, enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # StepSampler shards each global batch across ranks itself
-        # a new loader for every Lightning epoch, starting at the trainer's global step: after a resume
-        # mid-way, Lightning would otherwise iterate the same loader again from its first step
-        reload_dataloaders_every_n_epochs=1,
-    )
-    trainer.fit(module, datamodule=step_data, ckpt_path=str(last) if resume else None)
+    # Lightning's start-up notes (accelerator, a cloud-logger "Tip") follow the CLI's --verbose like other libraries'
+    notes = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    with nullcontext() if notes else quiet_lightning():
+        trainer = _trainer(t, out, precision, callbacks, progress)
+        trainer.fit(module, datamodule=step_data, ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:
         module.model.save(out / "model")
         save_objectives(module.objectives, out / "model")
