@@ -288,8 +288,11 @@ def _cell_eval(real, pred, outdir: Path) -> dict[str, dict[str, float]]:
 
     from cell_eval import MetricsEvaluator
 
-    logging.getLogger("cell_eval").setLevel(logging.WARNING)
-    logging.getLogger("pdex").setLevel(logging.WARNING)
+    # cell-eval warns of every infinite log2 fold change (a gene absent from one side), benign for these metrics:
+    # like other libraries' notes, shown with the CLI's --verbose only
+    level = logging.WARNING if logging.getLogger().getEffectiveLevel() <= logging.INFO else logging.ERROR
+    logging.getLogger("cell_eval").setLevel(level)
+    logging.getLogger("pdex").setLevel(level)
     ev = MetricsEvaluator(pred, real, control_pert="control", pert_col="perturbation", num_threads=1,
                           outdir=str(outdir), allow_discrete=False)
     res, _ = ev.compute(profile="minimal", write_csv=False)

@@ -26,7 +26,13 @@ from biomm.ingest.imaging.config import DicomProfileConfig
 from biomm.ingest.imaging.ps315 import CLEAN_DESCRIPTORS, action_for, basic_action
 from biomm.store.deid import Deidentifier
 
-METHOD = "biomm: DICOM PS3.15 basic profile (Table E.1-1; dicognito), keyed UID remap, per-patient date shift"
+# De-identification Method (0012,0063) is LO, at most 64 characters a value: the description is multi-valued
+METHOD = ("biomm: DICOM PS3.15 basic profile (Table E.1-1; dicognito)", "keyed UID remap", "per-patient date shift")
+# De-identification Method Code Sequence (0012,0064): PS3.16 CID 7050 codes of the profile and its options
+_METHOD_CODES = {"basic": ("113100", "Basic Application Confidentiality Profile"),
+                 "dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+                 "clean descriptors": ("113105", "Clean Descriptors Option"),
+                 "retain safe private": ("113111", "Retain Safe Private Option")}
 _NUMERIC_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "DS", "IS", "SV", "UV", "AT"}
 _TEXT_VRS = {"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 _ID_VRS = {"PN", "LO", "SH", "UC", "AE"}  # where names, ids and addresses live
@@ -191,6 +197,13 @@ def apply_profile(ds: Dataset, options: DicomProfileConfig, clean: _Cleaner, dei
             elem.value = _dummy(elem)
 
 
+def _code(value: str, meaning: str) -> Dataset:
+    """One DCM code item (CodeValue, CodingSchemeDesignator, CodeMeaning)."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
 def deidentify(ds: Dataset, deid: Deidentifier, subject_id: str, shift_days: int,
                options: DicomProfileConfig | None = None) -> Dataset:
     """De-identify `ds` in place (header only; pixel data untouched) and return it; `options` are the
@@ -210,9 +223,10 @@ def deidentify(ds: Dataset, deid: Deidentifier, subject_id: str, shift_days: int
     ds.PatientID = subject_id
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
-    ds.DeidentificationMethod = METHOD + "".join(
-        f"; {name}" for name, on in (("clean descriptors", options.clean_descriptors),
-                                     ("retain safe private", options.retain_safe_private)) if on)
+    chosen = [name for name, on in (("clean descriptors", options.clean_descriptors),
+                                    ("retain safe private", options.retain_safe_private)) if on]
+    ds.DeidentificationMethod = list(METHOD) + chosen
+    ds.DeidentificationMethodCodeSequence = [_code(*_METHOD_CODES[k]) for k in ("basic", "dates", *chosen)]
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -166,3 +166,20 @@ def test_ingested_cohort_holds_no_planted_string(tmp_path, name):
         if f.is_file() and "quarantine" not in f.parts:
             data = f.read_bytes().lower()
             assert NAME.lower().encode() not in data and UID.encode() not in data, f
+
+
+def test_the_method_is_recorded_as_conformant_values_and_cid_7050_codes():
+    """De-identification Method is LO (64 characters a value): multi-valued; the code sequence names the
+    profile, the modified-dates option, and each chosen option."""
+    ct = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    out = deidentify(ct, Deidentifier(key=b"k" * 32), "S", 0)
+    assert all(len(v) <= 64 for v in out.DeidentificationMethod)
+    assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100", "113107"]
+    assert {i.CodingSchemeDesignator for i in out.DeidentificationMethodCodeSequence} == {"DCM"}
+    ct = pydicom.dcmread(dicom_file("CT_small.dcm"))
+    opts = DicomProfileConfig(clean_descriptors=True, retain_safe_private=True)
+    out = deidentify(ct, Deidentifier(key=b"k" * 32), "S", 0, opts)
+    assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100", "113107", "113105", "113111"]
+    assert "clean descriptors" in list(out.DeidentificationMethod)
+    back = Dataset.from_json(json.dumps(header_json(out)))  # survives the stored DICOM JSON
+    assert len(back.DeidentificationMethodCodeSequence) == 4
