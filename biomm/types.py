@@ -30,6 +30,14 @@ class Tokens:
                 f"got {self.mask.dtype} {tuple(self.mask.shape)}"
             )
 
+    def masked(self, present: torch.Tensor) -> "Tokens":
+        """These tokens with the mask [B, T] and-ed with `present` [B] (weights kept)."""
+        return Tokens(self.x, self.mask & present[:, None], self.weight)
+
+    def rows(self, index: torch.Tensor) -> "Tokens":
+        """The rows `index` [R] of the batch: Tokens [R, T, D] (weights kept)."""
+        return Tokens(self.x[index], self.mask[index], None if self.weight is None else self.weight[index])
+
     def pooled(self) -> torch.Tensor:
         """Masked (weighted) mean over tokens: [B, D]. Rows with no real token give zeros (and must be masked by the caller)."""
         m = self.mask.to(self.x.dtype) if self.weight is None else self.mask.to(self.x.dtype) * self.weight.to(self.x.dtype)

@@ -29,11 +29,6 @@ class Fused:
     fused: torch.Tensor
 
 
-def masked(tokens: Tokens, present: torch.Tensor) -> Tokens:
-    """`tokens` with its mask [B, T] and-ed with `present` [B]."""
-    return Tokens(tokens.x, tokens.mask & present[:, None], tokens.weight)
-
-
 def pool_head(width: int) -> nn.Sequential:
     """A modality's pooling head: LayerNorm then Linear, [..., width] -> [..., width]."""
     return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width))
@@ -116,7 +111,7 @@ class MiddleFusion(Backbone):
             i = self.modalities.index(m)
             p = present.get(m, torch.zeros(b, dtype=torch.bool, device=some.device))
             if m in tokens:
-                z = self.resamplers[m](masked(tokens[m], p))
+                z = self.resamplers[m](tokens[m].masked(p))
                 pooled[m] = self.pooled(m, Tokens(z, torch.ones(z.shape[:2], dtype=torch.bool, device=z.device)))
             else:
                 z = self.absent[i].to(some.dtype).expand(b, -1, -1)
@@ -169,7 +164,7 @@ class EarlyFusion(Backbone):
         for i, m in enumerate(self.modalities):
             p = present.get(m, torch.zeros(b, dtype=torch.bool, device=some.device))
             if m in tokens:
-                t = masked(tokens[m], p)
+                t = tokens[m].masked(p)
                 pooled[m] = self.embed(m, t)
                 seq.append(t.x + self.type_embed[i].to(t.x.dtype))
                 mask.append(t.mask)
@@ -206,7 +201,7 @@ class LateFusion(Backbone):
         for m in self.modalities:
             p = present.get(m, torch.zeros(b, dtype=torch.bool, device=some.device))
             if m in tokens:
-                pooled[m] = self.embed(m, masked(tokens[m], p))
+                pooled[m] = self.embed(m, tokens[m].masked(p))
                 vecs.append(pooled[m])
             else:  # not in this batch at all: present=False, so every op masks or replaces it
                 vecs.append(some.new_zeros(b, self.width))

@@ -21,7 +21,7 @@ Input = torch.Tensor | Tokens
 def as_tokens(x: Input, present: torch.Tensor) -> Tokens:
     """[B, D] -> one-token Tokens; token masks are and-ed with presence."""
     if isinstance(x, Tokens):
-        return Tokens(x.x, x.mask & present[:, None], x.weight)
+        return x.masked(present)
     return Tokens(x[:, None], present[:, None].clone())
 
 

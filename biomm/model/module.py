@@ -43,7 +43,7 @@ class BiommModel(nn.Module):
             if m not in self.adapters:
                 continue
             t = self.adapters[m](inp.tensors)
-            tokens[m] = Tokens(t.x, t.mask & inp.present[:, None], t.weight)
+            tokens[m] = t.masked(inp.present)
             present[m] = inp.present
             if "mlm_mask" in inp.tensors:
                 aux.setdefault("mlm", {})[m] = {k: v for k, v in self.adapters[m].mlm_targets(inp.tensors).items()}

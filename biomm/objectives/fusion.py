@@ -132,7 +132,7 @@ class Matching(nn.Module):
             if rows.numel() < 2:
                 continue
             ta, tb = outputs.tokens[a], outputs.tokens[b]
-            ta, tb = (Tokens(t.x[rows], t.mask[rows], None if t.weight is None else t.weight[rows]) for t in (ta, tb))
+            ta, tb = ta.rows(rows), tb.rows(rows)
             neg_b, neg_a = self.mine(outputs.pooled[a][rows], outputs.pooled[b][rows])
             logits = self.pair_logits(a, b, ta, tb, neg_b, neg_a)
             n = rows.numel()
