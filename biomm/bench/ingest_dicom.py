@@ -41,9 +41,10 @@ def _rss_mb() -> dict:
     return {"peak_rss_mb_main": round(self_kb / 1024, 1), "peak_rss_mb_worker": round(child_kb / 1024, 1)}
 
 
-def prepare(folder: Path) -> list[Path]:
+def prepare(folder: Path, copies: int = 1) -> list[Path]:
     """One folder per series: pydicom-data files (given unique series UIDs, since several share one) and
-    the dicomdirtests CT series. Returns the series folders."""
+    the dicomdirtests CT series, `copies` times (each copy with new series and instance UIDs, so no file is a
+    duplicate of another: a larger workload where per-run costs weigh less). Returns the series folders."""
     data = Path(importlib.util.find_spec("data_store").origin).parent / "data"
     series = []
     for i, name in enumerate(PYDICOM_DATA_FILES):
@@ -59,6 +60,17 @@ def prepare(folder: Path) -> list[Path]:
         out = folder / rel.replace("/", "_")
         shutil.copytree(root / rel, out)
         series.append(out)
+    base = list(series)
+    for k in range(1, copies):
+        for src in base:
+            out = folder / f"{src.name}_copy{k}"
+            out.mkdir()
+            for path in sorted(src.iterdir()):
+                ds = pydicom.dcmread(path)
+                ds.SeriesInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[src.name, str(k), "series"])
+                ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[src.name, path.name, str(k), "instance"])
+                ds.save_as(out / path.name)
+            series.append(out)
     return series
 
 
@@ -147,13 +159,14 @@ def read_biomm(series: list[Path], cohort: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def bench(repeats: int = 3, workers: int = 0) -> dict:
-    """The DICOM ingest benchmark: series/s of biomm against plain MONAI on the same series, as one dict."""
+def bench(repeats: int = 3, workers: int = 0, copies: int = 1) -> dict:
+    """The DICOM ingest benchmark: series/s of biomm against plain MONAI and SimpleITK on the same series (the
+    13 of `prepare`, `copies` times), as one dict."""
     cfg = DicomIngestConfig.model_validate({"workers": workers})
     n_workers = workers or (os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="biomm-bench-dicom-"))
     try:
-        series = prepare(tmp / "src")
+        series = prepare(tmp / "src", copies)
         t_monai, t_biomm, t_biomm1, t_sitk = [], [], [], []
         for r in range(repeats):
             out = tmp / f"monai{r}"
@@ -180,6 +193,7 @@ def bench(repeats: int = 3, workers: int = 0) -> dict:
         return {
             "benchmark": "ingest-dicom",
             "series": n_series,
+            "copies": copies,
             "instances": sum(len(list(s.iterdir())) for s in series),
             "repeats": repeats,
             "biomm_series_per_s": round(n_series / best(t_biomm), 2),

@@ -84,11 +84,12 @@ def ingest_dicomweb_cmd(
 def bench_ingest_dicom(
     repeats: int = typer.Option(3, help="Timed repetitions (best is reported)"),
     workers: int = typer.Option(0, help="Decoding processes for biomm (0 = one per core)"),
+    copies: int = typer.Option(1, min=1, help="Copies of the 13 series (new UIDs each): 10 gives 130 series"),
 ) -> None:
-    """Series/s from DICOM files to a cached preprocessed tensor: biomm vs plain MONAI PydicomReader."""
+    """Series/s from DICOM files to a cached preprocessed tensor: biomm vs MONAI PydicomReader and SimpleITK."""
     from biomm.bench.ingest_dicom import bench
 
-    print(json.dumps(bench(repeats=repeats, workers=workers)))
+    print(json.dumps(bench(repeats=repeats, workers=workers, copies=copies)))
 
 
 @step("ingest_dicom")

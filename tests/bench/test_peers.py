@@ -39,6 +39,20 @@ def test_sitk_peer_matches_biomm_on_a_ct_series(tmp_path):
     assert np.max(np.abs(peer["ct"].astype(np.float32) - ours["ct"].astype(np.float32))) <= 2e-3
 
 
+def test_dicom_bench_copies_are_new_series(tmp_path):
+    import pydicom
+
+    from biomm.bench.ingest_dicom import prepare
+
+    series = prepare(tmp_path, copies=2)
+    assert len(series) == 26
+    uids = {pydicom.dcmread(next(s.iterdir()), stop_before_pixels=True).SeriesInstanceUID for s in series}
+    assert len(uids) == 26
+    copy, orig = tmp_path / "s07_copy1", tmp_path / "s07"
+    a, b = pydicom.dcmread(next(copy.iterdir())), pydicom.dcmread(next(orig.iterdir()))
+    assert a.PixelData == b.PixelData and a.SOPInstanceUID != b.SOPInstanceUID
+
+
 @pytest.fixture(scope="module")
 def pbmc_file(tmp_path_factory) -> Path:
     import scanpy as sc

@@ -1,4 +1,4 @@
-"""Pixels to physical intensities: decode (pydicom + pylibjpeg plugins), modality LUT, optional VOI LUT,
+"""Pixels to physical intensities: decode (pydicom with its GDCM and pylibjpeg plugins), modality LUT, optional VOI LUT,
 palette colour, MONOCHROME1 inversion. Window presets (`config.WINDOW_PRESETS`) are applied later as a MONAI transform."""
 from __future__ import annotations
 

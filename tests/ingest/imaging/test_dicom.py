@@ -88,6 +88,17 @@ def test_compressed_matches_uncompressed(tmp_path):
         np.testing.assert_array_equal(decode(pydicom.dcmread(dicom_file(name)), name), ref)
 
 
+@pytest.mark.skipif(PYDICOM_DATA is None, reason="pydicom-data not installed")
+@pytest.mark.parametrize("name", ["MR2_J2KR.dcm", "693_J2KR.dcm", "MR2_J2KI.dcm", "JPEG-LL.dcm",
+                                  "JPGLosslessP14SV1_1s_1f_8b.dcm"])
+def test_gdcm_decodes_first_and_as_pylibjpeg_does(name):
+    from pydicom.pixels import get_decoder, pixel_array
+
+    ds = pydicom.dcmread(PYDICOM_DATA / name)
+    assert next(iter(get_decoder(ds.file_meta.TransferSyntaxUID)._available)) == "gdcm"  # what ds.pixel_array uses
+    np.testing.assert_array_equal(pixel_array(ds, decoding_plugin="gdcm"), pixel_array(ds, decoding_plugin="pylibjpeg"))
+
+
 # ------------------------------------------------------------------ intensity
 def test_modality_lut_gives_hounsfield_units():
     ds = pydicom.dcmread(dicom_file("CT_small.dcm"))
