@@ -299,6 +299,12 @@ class Cohort:
         row = self.con.execute("SELECT date_shift_days FROM subjects WHERE subject_id = ?", [subject_id]).fetchone()
         return None if row is None else int(row[0])
 
+    def subject_shifts(self, subject_ids: Iterable[str]) -> dict[str, int]:
+        """{subject: date shift in days} for those of `subject_ids` in the cohort: one query for all."""
+        rows = self.con.execute("SELECT subject_id, date_shift_days FROM subjects WHERE subject_id IN (SELECT unnest(?))",
+                                [list(dict.fromkeys(subject_ids))]).fetchall()
+        return {sid: int(shift) for sid, shift in rows}
+
     def add_record(
         self,
         record_id: str,

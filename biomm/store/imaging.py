@@ -14,9 +14,9 @@ def add_studies(cohort: Cohort, rows: Sequence[Mapping]) -> None:
     cohort.insert_rows("imaging_studies", {k: [r[k] for r in rows] for k in STUDY_COLUMNS}, replace=True)
 
 
-def study_subject(cohort: Cohort, study_uids: Sequence[str]) -> str | None:
-    """The subject of the first of `study_uids` (remapped UIDs) an ImagingStudy named, else None."""
-    row = cohort.con.execute(
-        "SELECT subject_id FROM imaging_studies WHERE study_uid IN (SELECT unnest(?)) AND subject_id IS NOT NULL LIMIT 1",
-        [list(study_uids)]).fetchone()
-    return row[0] if row else None
+def study_subjects(cohort: Cohort, study_uids: Sequence[str]) -> dict[str, str]:
+    """{study uid: subject} for those of `study_uids` (remapped UIDs) an ImagingStudy named: one query for all."""
+    rows = cohort.con.execute(
+        "SELECT DISTINCT study_uid, subject_id FROM imaging_studies WHERE study_uid IN (SELECT unnest(?)) "
+        "AND subject_id IS NOT NULL", [list(dict.fromkeys(study_uids))]).fetchall()
+    return {uid: sid for uid, sid in sorted(rows)}

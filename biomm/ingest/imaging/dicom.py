@@ -54,18 +54,27 @@ def warm_imports() -> None:
     from monai.data import MetaTensor  # noqa: F401
 
 
-def _link(c: Cohort, study_uid: str, patient_id: str) -> tuple[str, int, str | None, bool]:
-    """(subject_id, date shift, linked_by, new_subject): ImagingStudy first, then PatientID, else a new subject."""
-    if study_uid:
-        sid = imaging_store.study_subject(c, [c.deid.uid(study_uid), c.deid.uid(f"urn:oid:{study_uid}")])
-        if sid is not None and (shift := c.subject_shift(sid)) is not None:
-            return sid, shift, "imaging_study", False
-    source_id = patient_id or f"dicom-study:{study_uid}"
-    sid = c.deid.subject_id(source_id)
-    shift = c.subject_shift(sid)
-    if shift is not None:
-        return sid, shift, ("patient_id" if patient_id else None), False
-    return sid, c.deid.date_shift_days(source_id), None, True
+def _links(c: Cohort, groups: list) -> list[tuple[str, int, str | None, bool]]:
+    """Per series group, (subject_id, date shift, linked_by, new_subject): ImagingStudy first, then PatientID,
+    else a new subject. Two manifest queries for all groups (one per series took ~2 ms each)."""
+    keys = {g.study_uid: [c.deid.uid(g.study_uid), c.deid.uid(f"urn:oid:{g.study_uid}")] for g in groups if g.study_uid}
+    by_study = imaging_store.study_subjects(c, [u for uids in keys.values() for u in uids])
+    source_ids = {g.patient_id or f"dicom-study:{g.study_uid}" for g in groups}
+    pseudonyms = {src: c.deid.subject_id(src) for src in source_ids}
+    shifts = c.subject_shifts([*by_study.values(), *pseudonyms.values()])
+    out = []
+    for g in groups:
+        sid = next((by_study[u] for u in keys.get(g.study_uid, []) if u in by_study), None)
+        if sid is not None and sid in shifts:
+            out.append((sid, shifts[sid], "imaging_study", False))
+            continue
+        source_id = g.patient_id or f"dicom-study:{g.study_uid}"
+        sid = pseudonyms[source_id]
+        if sid in shifts:
+            out.append((sid, shifts[sid], "patient_id" if g.patient_id else None, False))
+        else:
+            out.append((sid, c.deid.date_shift_days(source_id), None, True))
+    return out
 
 
 def _size(path: Path) -> int:
@@ -188,8 +197,7 @@ class ImagingIngest:
             warm_imports()
             self.transforms = self.transforms or SeriesTransforms(self.config)
         reused = {uid for uid in (g.series_uid for g in groups) if sum(o.series_uid == uid for o in groups) > 1}
-        for g in groups:
-            sid, shift, linked_by, new = _link(c, g.study_uid, g.patient_id)
+        for g, (sid, shift, linked_by, new) in zip(groups, _links(c, groups)):
             # A series UID reused across studies (invalid DICOM, but seen in generated data) gets a record id per study.
             record_uid = c.deid.uid(f"{g.study_uid}|{g.series_uid}" if g.series_uid in reused else g.series_uid)
             job = SeriesJob(g.series_uid, record_uid, g.instances, sid, shift, c.deid, self.config, imaging_dir,
