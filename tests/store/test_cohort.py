@@ -25,6 +25,7 @@ def test_bulk_writes_and_summary_sections(tmp_path):
         c.replace_labels("y", ["s1", "s2"], [1, 0], source="test")
         c.replace_labels("y", ["s1"], [0], source="test")
         assert c.ingested_sources("imaging") == {"def"} and c.subject_shift("s2") == -4
+        assert c.subject_shifts(["s2", "nobody", "s1", "s2"]) == {"s1": 3, "s2": -4}
         assert sorted(c.labels("y")) == [("s1", "0", None), ("s2", "0", None)]
         info = cohort_summary(c)
     assert list(info) == ["cohort", "deid", "subjects", "subjects_by_kind", "subjects_by_modality",
