@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,7 +22,7 @@ from typing import Iterable, Iterator
 from biomm.ingest.base import (IngestError, IngestSummary, QuarantineEntry, Source, for_each_source,
                                iter_with_progress, open_cohort, progress, reader_config)
 from biomm.ingest.imaging.config import DicomIngestConfig
-from biomm.ingest.imaging.reader import Header, Instance, discover, group_series, read_header
+from biomm.ingest.imaging.reader import Header, Instance, SeriesGroup, discover, group_series, read_header
 from biomm.ingest.imaging.series import SeriesJob, process_series
 from biomm.ingest.imaging.transforms import SeriesTransforms
 from biomm.store import imaging as imaging_store
@@ -54,7 +55,7 @@ def warm_imports() -> None:
     from monai.data import MetaTensor  # noqa: F401
 
 
-def _links(c: Cohort, groups: list) -> list[tuple[str, int, str | None, bool]]:
+def _links(c: Cohort, groups: list[SeriesGroup]) -> list[tuple[str, int, str | None, bool]]:
     """Per series group, (subject_id, date shift, linked_by, new_subject): ImagingStudy first, then PatientID,
     else a new subject. Two manifest queries for all groups (one per series took ~2 ms each)."""
     keys = {g.study_uid: [c.deid.uid(g.study_uid), c.deid.uid(f"urn:oid:{g.study_uid}")] for g in groups if g.study_uid}
@@ -196,7 +197,7 @@ class ImagingIngest:
         if groups:
             warm_imports()
             self.transforms = self.transforms or SeriesTransforms(self.config)
-        reused = {uid for uid in (g.series_uid for g in groups) if sum(o.series_uid == uid for o in groups) > 1}
+        reused = {uid for uid, n in Counter(g.series_uid for g in groups).items() if n > 1}
         for g, (sid, shift, linked_by, new) in zip(groups, _links(c, groups)):
             # A series UID reused across studies (invalid DICOM, but seen in generated data) gets a record id per study.
             record_uid = c.deid.uid(f"{g.study_uid}|{g.series_uid}" if g.series_uid in reused else g.series_uid)

@@ -177,6 +177,19 @@ def test_each_bad_input_is_quarantined_with_reason_and_rest_ingested(tmp_path):
     assert len(stored) >= 8 and all((tmp_path / "cohort" / q["stored_path"]).exists() for q in stored)
 
 
+def test_a_series_uid_reused_across_studies_gives_one_record_per_study(tmp_path):
+    shared = pydicom.uid.generate_uid()
+    srcs = [copy_as_new_series(dicom_file("CT_small.dcm"), tmp_path / "src" / f"{i}.dcm", SeriesInstanceUID=shared)
+            for i in range(2)]
+    once = copy_as_new_series(dicom_file("MR_small.dcm"), tmp_path / "src" / "mr.dcm")
+    s = dicom.ingest([*srcs, once], tmp_path / "cohort", FAST)
+    assert s.records_written == 3 and s.quarantined == 0
+    recs = records(tmp_path / "cohort")
+    assert len({r["record_id"] for r in recs}) == 3
+    with Cohort(tmp_path / "cohort") as c:  # a unique series keeps the plain keyed UID as its record id
+        assert c.deid.uid(str(pydicom.dcmread(once).SeriesInstanceUID)) in {r["record_id"] for r in recs}
+
+
 def test_rerun_is_idempotent(tmp_path):
     src = _bad_inputs(tmp_path / "bad")
     make_series(src / "good_series", n=4)
