@@ -296,8 +296,7 @@ class Cohort:
 
     def subject_shift(self, subject_id: str) -> int | None:
         """A subject's date shift in days, or None when the subject is not in the cohort."""
-        row = self.con.execute("SELECT date_shift_days FROM subjects WHERE subject_id = ?", [subject_id]).fetchone()
-        return None if row is None else int(row[0])
+        return self.subject_shifts([subject_id]).get(subject_id)
 
     def subject_shifts(self, subject_ids: Iterable[str]) -> dict[str, int]:
         """{subject: date shift in days} for those of `subject_ids` in the cohort: one query for all."""
