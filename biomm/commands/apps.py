@@ -45,7 +45,7 @@ def _print_version(value: bool) -> None:
 
 
 def quiet_libraries(verbose: bool) -> None:
-    """Library warnings (pydicom, umap, ...) go through `logging` (py.warnings), shown only with --verbose;
+    """Library warnings (pydicom, MONAI, scanpy, ...) go through `logging` (py.warnings), shown only with --verbose;
     without it, transformers' progress bars and advisories are off too."""
     import logging
     import os
